@@ -1,0 +1,1 @@
+"""Dask pipelines that turn radar archives and climate fields into zarr crop stores."""

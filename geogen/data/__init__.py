@@ -1,0 +1,1 @@
+"""Data handling: crop datasets and data modules, invertible value transforms, synthetic fields."""

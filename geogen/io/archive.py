@@ -1,0 +1,312 @@
+"""Finding the files of a pysteps-style archive.
+
+pysteps describes an archive with a *data-source entry*: ``root_path`` (here ``root``),
+``path_fmt`` (``%Y%m%d``), ``fn_pattern`` (``AQC%y%j%H%M?_00005.801``) and ``fn_ext``. Two ways
+to list the files of such an archive are provided:
+
+- :func:`find_files_between` asks :func:`pysteps.io.archive.find_by_date` for every time step
+  between two dates, so it behaves exactly like pysteps (wildcards, layouts);
+- :func:`scan_archive` walks the root directory and keeps every file whose path matches the
+  path format and file-name pattern, parsing its timestamp from the name. This is what a user
+  pointing geogen at an archive without dates gets.
+
+Both return an :class:`ArchiveListing`: the files found with their timestamps, and the time
+steps that were expected but missing (the gaps), so nothing is silently shifted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+_QUIET_LOCK = threading.Lock()
+
+# strftime directives pysteps layouts use, with the regular expression of what they print.
+_DIRECTIVES: dict[str, str] = {
+    "Y": r"\d{4}",
+    "y": r"\d{2}",
+    "m": r"\d{2}",
+    "d": r"\d{2}",
+    "H": r"\d{2}",
+    "M": r"\d{2}",
+    "S": r"\d{2}",
+    "j": r"\d{3}",
+    "b": r"[A-Za-z]{3}",
+    "B": r"[A-Za-z]+",
+}
+
+
+@dataclass
+class ArchiveListing:
+    """Files of an archive with their valid times, and the expected times with no file.
+
+    Attributes
+    ----------
+    times
+        Valid times of the files found, sorted, unique.
+    paths
+        File paths, aligned with ``times``.
+    missing
+        Times on the regular ``timestep`` grid between the first and last file with no file.
+    timestep
+        The archive's nominal time step.
+    """
+
+    times: pd.DatetimeIndex
+    paths: list[str]
+    timestep: pd.Timedelta
+    missing: pd.DatetimeIndex = field(default_factory=lambda: pd.DatetimeIndex([]))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def gaps(self) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+        """Missing times grouped into contiguous ``(first, last)`` intervals."""
+        return group_gaps(self.missing, self.timestep)
+
+
+def group_gaps(
+    missing: pd.DatetimeIndex, timestep: pd.Timedelta
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """Group sorted missing times into runs of consecutive time steps."""
+    if len(missing) == 0:
+        return []
+    values = missing.sort_values()
+    breaks = np.flatnonzero(np.diff(values.values) != np.timedelta64(timestep))
+    starts = np.r_[0, breaks + 1]
+    ends = np.r_[breaks, len(values) - 1]
+    return [(values[s], values[e]) for s, e in zip(starts, ends, strict=True)]
+
+
+def _pattern_regex(pattern: str) -> tuple[str, list[str]]:
+    """Translate a strftime pattern with ``?``/``*`` wildcards into a regex.
+
+    Returns the regex source and the directives in the order of their capture groups.
+    """
+    parts: list[str] = []
+    directives: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "%" and i + 1 < len(pattern):
+            code = pattern[i + 1]
+            if code == "%":
+                parts.append("%")
+            elif code in _DIRECTIVES:
+                parts.append(f"({_DIRECTIVES[code]})")
+                directives.append(code)
+            else:
+                raise ValueError(
+                    f"unsupported strftime directive %{code} in pattern {pattern!r}; "
+                    f"supported: {', '.join('%' + d for d in _DIRECTIVES)}"
+                )
+            i += 2
+            continue
+        if char == "?":
+            parts.append(".")
+        elif char == "*":
+            parts.append(".*")
+        else:
+            parts.append(re.escape(char))
+        i += 1
+    return "".join(parts), directives
+
+
+class PathTimeParser:
+    """Parse the valid time of a file from its path relative to the archive root.
+
+    Parameters
+    ----------
+    path_fmt, fn_pattern, fn_ext
+        The pysteps data-source entries.
+    """
+
+    def __init__(self, path_fmt: str, fn_pattern: str, fn_ext: str) -> None:
+        path_fmt = path_fmt.strip("/")
+        pieces = [p for p in (path_fmt, f"{fn_pattern}.{fn_ext}") if p]
+        regex, directives = _pattern_regex("/".join(pieces))
+        self.pattern = "/".join(pieces)
+        self._regex = re.compile(regex)
+        self._directives = directives
+        if not directives:
+            raise ValueError(
+                f"the archive layout {self.pattern!r} has no date directives (%Y, %m, ...): "
+                "geogen cannot tell the time of its files"
+            )
+
+    def __call__(self, relative_path: str) -> datetime | None:
+        """The valid time encoded in ``relative_path``, or ``None`` if it does not match."""
+        match = self._regex.fullmatch(relative_path.replace(os.sep, "/"))
+        if match is None:
+            return None
+        seen: dict[str, str] = {}
+        for code, value in zip(self._directives, match.groups(), strict=True):
+            if code in seen and seen[code] != value:
+                return None  # e.g. the directory says one day and the file name another
+            seen[code] = value
+        fmt = "|".join("%" + code for code in seen)
+        try:
+            return datetime.strptime("|".join(seen.values()), fmt)
+        except ValueError:
+            return None
+
+
+def scan_archive(
+    root: str | os.PathLike,
+    path_fmt: str,
+    fn_pattern: str,
+    fn_ext: str,
+    timestep_minutes: float,
+    start: datetime | pd.Timestamp | None = None,
+    end: datetime | pd.Timestamp | None = None,
+) -> ArchiveListing:
+    """List every file under ``root`` that matches the layout, with its valid time.
+
+    Parameters
+    ----------
+    root
+        The archive root (pysteps' ``root_path``).
+    path_fmt, fn_pattern, fn_ext
+        pysteps layout entries (``?`` matches one character, as in pysteps).
+    timestep_minutes
+        Nominal time step; times missing on this grid between the first and last file are
+        reported in :attr:`ArchiveListing.missing`.
+    start, end
+        Optional bounds (inclusive) on the valid time.
+
+    Returns
+    -------
+    ArchiveListing
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"archive root {root!r} does not exist or is not a directory")
+    parser = PathTimeParser(path_fmt, fn_pattern, fn_ext)
+    depth = path_fmt.strip("/").count("/") + 1 if path_fmt.strip("/") else 0
+    found: dict[datetime, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        level = 0 if rel_dir == "." else rel_dir.count(os.sep) + 1
+        if level >= depth:
+            dirnames[:] = []  # files live exactly `depth` levels down
+        if level != depth:
+            continue
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            when = parser(rel)
+            if when is None:
+                continue
+            if (start is not None and when < start) or (end is not None and when > end):
+                continue
+            path = os.path.join(dirpath, name)
+            if when in found:
+                log.warning(
+                    "two files for %s: %s and %s; keeping the first", when, found[when], path
+                )
+                continue
+            found[when] = path
+    if not found:
+        raise FileNotFoundError(
+            f"no file under {root!r} matches the layout {parser.pattern!r}"
+            + (f" between {start} and {end}" if start or end else "")
+        )
+    times = pd.DatetimeIndex(sorted(found))
+    step = pd.Timedelta(minutes=timestep_minutes)
+    return ArchiveListing(
+        times=times,
+        paths=[found[t.to_pydatetime()] for t in times],
+        timestep=step,
+        missing=missing_times(times, step, start, end),
+    )
+
+
+def find_files_between(
+    root: str | os.PathLike,
+    path_fmt: str,
+    fn_pattern: str,
+    fn_ext: str,
+    timestep_minutes: float,
+    start: datetime | pd.Timestamp,
+    end: datetime | pd.Timestamp,
+) -> ArchiveListing:
+    """Files for every time step from ``start`` to ``end`` via pysteps' ``find_by_date``.
+
+    Times with no file are reported as missing. Raises :class:`FileNotFoundError` when no file
+    at all exists in the interval.
+    """
+    from pysteps.io.archive import find_by_date
+
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    step = pd.Timedelta(minutes=timestep_minutes)
+    n_steps = int((end - start) / step)
+    with _QUIET_LOCK, contextlib.redirect_stdout(io.StringIO()):
+        # find_by_date prints every missing file on some releases even with silent=True; the
+        # lock keeps concurrent callers from restoring each other's sys.stdout wrongly.
+        try:
+            paths, stamps = find_by_date(
+                end.to_pydatetime(),
+                os.fspath(root),
+                path_fmt,
+                fn_pattern,
+                fn_ext,
+                timestep_minutes,
+                num_prev_files=n_steps,
+                silent=True,
+            )
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"no file of the layout {path_fmt}/{fn_pattern}.{fn_ext} under {root!r} "
+                f"between {start} and {end}"
+            ) from exc
+    if n_steps == 0:
+        paths, stamps = [paths], [stamps]
+    present = [(pd.Timestamp(t), p) for t, p in zip(stamps, paths, strict=True) if p is not None]
+    missing = pd.DatetimeIndex(
+        [pd.Timestamp(t) for t, p in zip(stamps, paths, strict=True) if p is None]
+    )
+    return ArchiveListing(
+        times=pd.DatetimeIndex([t for t, _ in present]),
+        paths=[p for _, p in present],
+        timestep=step,
+        missing=missing,
+    )
+
+
+def missing_times(
+    times: pd.DatetimeIndex,
+    step: pd.Timedelta,
+    start: datetime | pd.Timestamp | None,
+    end: datetime | pd.Timestamp | None,
+) -> pd.DatetimeIndex:
+    """Expected times within the bounds with no file.
+
+    After each file the next one is expected one ``step`` later; every expected time before the
+    next file is missing. Between files far apart (separate events of an archive) only the
+    missing times themselves are materialised.
+    """
+    lo = pd.Timestamp(start) if start is not None else times[0]
+    hi = pd.Timestamp(end) if end is not None else times[-1]
+    # Virtual files one step before the first bound and one step after the last.
+    anchors = [lo - step, *times[(times >= lo) & (times <= hi)], hi + step]
+    missing = [
+        pd.date_range(a + step, b, freq=step, inclusive="left")
+        for a, b in itertools.pairwise(anchors)
+        if b - a > step
+    ]
+    if not missing:
+        return pd.DatetimeIndex([])
+    return pd.DatetimeIndex(np.concatenate([m.values for m in missing]))

@@ -1,0 +1,263 @@
+"""Radar composites in pysteps archive layouts, read with :mod:`pysteps.io` importers.
+
+A radar source config is a pysteps data-source entry (``conf/source/mch.yaml``)::
+
+    name: mch
+    kind: pysteps
+    root: /data/pysteps-data/radar/mch     # pysteps' root_path
+    path_fmt: "%Y%m%d"
+    fn_pattern: "AQC%y%j%H%M?_00005.801"
+    fn_ext: gif
+    importer: mch_gif
+    timestep: 5                             # minutes
+    importer_kwargs: {product: AQC, unit: mm, accutime: 5}
+    zr: null                                # optional {a: 200, b: 1.6} for dBZ sources
+
+Files are listed with :func:`pysteps.io.archive.find_by_date` (with ``start``/``end``) or by
+scanning the root for the layout; every frame is read by
+``pysteps.io.get_method(importer, "importer")`` and converted to rain rate in mm/h with
+:func:`pysteps.utils.to_rainrate`, using the metadata the importer returns. So every importer
+pysteps has (and every one it will gain) works without code here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from xarray.backends.locks import HDF5_LOCK
+
+from geogen.io.archive import ArchiveListing, find_files_between, scan_archive
+from geogen.io.cf import PRECIP_ATTRS, Grid
+from geogen.io.sources import (
+    BadFileError,
+    Source,
+    SourceError,
+    TimeLike,
+    register_source,
+    validate_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_pysteps() -> Any:
+    """Import pysteps without its "configuration file found" banner on stdout.
+
+    ``redirect_stdout`` swaps the process-wide ``sys.stdout``, so it is only used once, under a
+    lock, for the first import (never around per-file reads, which run in threads).
+    """
+    if "pysteps.utils" not in sys.modules:
+        with _IMPORT_LOCK, contextlib.redirect_stdout(io.StringIO()):
+            import pysteps.io
+            import pysteps.utils
+    import pysteps
+
+    return pysteps
+
+
+class ZR(BaseModel):
+    """Z-R relation Z = a R**b used for reflectivity sources (overrides the importer's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    a: float = Field(gt=0)
+    b: float = Field(gt=0)
+
+
+class RadarSourceConfig(BaseModel):
+    """Schema of a ``kind: pysteps`` source config (a pysteps data-source entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["pysteps"] = "pysteps"
+    root: str
+    path_fmt: str = ""
+    fn_pattern: str
+    fn_ext: str
+    importer: str
+    timestep: float = Field(gt=0, description="minutes between files")
+    importer_kwargs: dict[str, Any] = Field(default_factory=dict)
+    zr: ZR | None = None
+    description: str = ""
+    provider: str = ""
+
+
+@register_source("pysteps")
+class RadarSource(Source):
+    """A radar archive read with a pysteps importer; frames in mm/h.
+
+    Parameters
+    ----------
+    config
+        A ``kind: pysteps`` source config (see module docstring).
+    start, end
+        Optional inclusive bounds. With both, files are found with pysteps' ``find_by_date``
+        at every time step; otherwise the archive root is scanned for the layout.
+    on_bad_file
+        ``"raise"`` (default): a file that cannot be read raises :class:`BadFileError` naming
+        it. ``"skip"``: in the lazy dataset such a frame becomes NaN with a logged warning
+        (the crop pipeline counts it and rejects the sequences that need it).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        start: TimeLike = None,
+        end: TimeLike = None,
+        on_bad_file: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__(config, start, end)
+        self.spec: RadarSourceConfig = validate_config(self.config, RadarSourceConfig)
+        if on_bad_file not in ("raise", "skip"):
+            raise SourceError(f"on_bad_file must be 'raise' or 'skip', not {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
+        pysteps = import_pysteps()
+        try:
+            pysteps.io.get_method(self.spec.importer, "importer")
+        except ValueError as exc:
+            raise SourceError(f"source {self.name!r}: {exc}") from None
+
+        listing = self._list_files()
+        self.listing = listing
+        self.paths: list[str] = listing.paths
+        self.times = listing.times
+        self.missing = listing.missing
+        self.timestep = pd.Timedelta(minutes=self.spec.timestep)
+        self.variable = "precip"
+        self.variable_attrs = dict(PRECIP_ATTRS)
+        self.grid, self._reference, meta = self._first_readable_grid()
+        self.attrs = {
+            "institution": str(meta.get("institution", "")),
+            "importer": self.spec.importer,
+            "accutime": float(meta.get("accutime", self.spec.timestep) or self.spec.timestep),
+            "threshold": float(meta.get("threshold", 0.0)),
+            "root": self.spec.root,
+        }
+        self._report_gaps()
+
+    # ------------------------------------------------------------------------------------
+    def _list_files(self) -> ArchiveListing:
+        s = self.spec
+        if self.start is not None and self.end is not None:
+            listing = find_files_between(
+                s.root, s.path_fmt, s.fn_pattern, s.fn_ext, s.timestep, self.start, self.end
+            )
+        else:
+            listing = scan_archive(
+                s.root, s.path_fmt, s.fn_pattern, s.fn_ext, s.timestep, self.start, self.end
+            )
+        log.info("%s: %d files under %s", self.name, len(listing), s.root)
+        return listing
+
+    def _import(self, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """Import one file and convert it to rain rate (mm/h); errors name the file."""
+        pysteps = import_pysteps()
+        importer = pysteps.io.get_method(self.spec.importer, "importer")
+        try:
+            # netCDF4/HDF5 (and so most importers) are not thread-safe: share xarray's lock,
+            # which also guards xarray's own netCDF reads in this process.
+            with HDF5_LOCK:
+                precip, _quality, meta = importer(path, **self.spec.importer_kwargs)
+        except FileNotFoundError as exc:
+            raise BadFileError(path, f"file vanished: {exc}") from exc
+        except Exception as exc:  # importers raise anything on corrupt input
+            raise BadFileError(
+                path,
+                f"cannot be read by the pysteps importer {self.spec.importer!r} "
+                f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt",
+            ) from exc
+        precip = np.asarray(precip)
+        if precip.ndim != 2:
+            raise BadFileError(
+                path, f"expected one 2-D field, the importer gave shape {precip.shape}"
+            )
+        zr = self.spec.zr
+        try:
+            rate, meta = pysteps.utils.to_rainrate(
+                precip, meta, zr_a=zr.a if zr else None, zr_b=zr.b if zr else None
+            )
+        except (ValueError, KeyError) as exc:
+            raise BadFileError(path, f"cannot convert to rain rate: {exc}") from exc
+        return rate.astype(np.float32, copy=False), meta
+
+    def _first_readable_grid(self) -> tuple[Grid, dict[str, Any], dict[str, Any]]:
+        errors: list[str] = []
+        for path in self.paths:
+            try:
+                rate, meta = self._import(path)
+            except BadFileError as exc:
+                if self.on_bad_file == "raise":
+                    raise
+                errors.append(str(exc))
+                continue
+            grid = grid_from_metadata(meta, rate.shape, path)
+            reference = {
+                "shape": rate.shape,
+                "x1": meta["x1"],
+                "y1": meta["y1"],
+                "xpixelsize": meta["xpixelsize"],
+                "path": path,
+            }
+            return grid, reference, meta
+        raise SourceError(
+            f"{self.name}: none of the {len(self.paths)} files is readable: {errors[:3]}"
+        )
+
+    def read(self, index: int) -> np.ndarray:
+        """Read frame ``index`` as rain rate (mm/h), ``(y, x)`` float32, NaN outside the domain."""
+        path = self.paths[index]
+        rate, meta = self._import(path)
+        ref = self._reference
+        if rate.shape != ref["shape"] or not (
+            math.isclose(
+                float(meta["x1"]), float(ref["x1"]), abs_tol=1e-3 * float(ref["xpixelsize"])
+            )
+            and math.isclose(
+                float(meta["y1"]), float(ref["y1"]), abs_tol=1e-3 * float(ref["xpixelsize"])
+            )
+        ):
+            raise BadFileError(
+                path,
+                f"grid {rate.shape} at x1={meta['x1']}, y1={meta['y1']} differs from the grid "
+                f"{ref['shape']} at x1={ref['x1']}, y1={ref['y1']} of {ref['path']}",
+            )
+        return rate
+
+    def describe(self, index: int) -> str:
+        """The file frame ``index`` comes from."""
+        return self.paths[index]
+
+
+def grid_from_metadata(meta: Mapping[str, Any], shape: tuple[int, ...], path: str = "") -> Grid:
+    """Cell-centre coordinates from pysteps importer metadata.
+
+    pysteps gives the outer corners ``x1, x2, y1, y2``, pixel sizes and ``yorigin``; row 0 is
+    the northern edge when ``yorigin == "upper"``.
+    """
+    try:
+        x1, y1, y2 = float(meta["x1"]), float(meta["y1"]), float(meta["y2"])
+        dx, dy = float(meta["xpixelsize"]), float(meta["ypixelsize"])
+        projection = str(meta["projection"])
+    except KeyError as exc:
+        raise BadFileError(path, f"the importer's metadata lacks {exc}") from None
+    ny, nx = shape
+    x = x1 + (np.arange(nx) + 0.5) * dx
+    if meta.get("yorigin", "upper") == "upper":
+        y = y2 - (np.arange(ny) + 0.5) * dy
+    else:
+        y = y1 + (np.arange(ny) + 0.5) * dy
+    unit = str(meta.get("cartesian_unit", "m"))
+    return Grid(x=x, y=y, crs=projection, units="degrees" if unit.startswith("deg") else unit)
