@@ -105,13 +105,13 @@ def tile_stats(
         pixels of ``1 - exp(-x)`` (DGMR's saturating rain measure) and sum of ``x``.
     """
     valid = np.isfinite(frame)
-    x = np.where(valid, frame, 0.0)
+    x = np.where(valid, frame, 0.0).astype(np.float64)
     layers = np.stack(
         [
             (~valid).astype(np.float64),
             (valid & (x >= rain_threshold)).astype(np.float64),
-            np.where(valid, -np.expm1(-np.maximum(x, 0.0)), 0.0),
-            x.astype(np.float64),
+            -np.expm1(-np.maximum(x, 0.0)),
+            x,
         ]
     )
     table = integral_image(layers)

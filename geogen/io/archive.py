@@ -153,14 +153,18 @@ class PathTimeParser:
             return None
         seen: dict[str, str] = {}
         for code, value in zip(self._directives, match.groups(), strict=True):
-            if code in seen and seen[code] != value:
-                return None  # e.g. the directory says one day and the file name another
-            seen[code] = value
+            seen.setdefault(code, value)
         fmt = "|".join("%" + code for code in seen)
         try:
-            return datetime.strptime("|".join(seen.values()), fmt)
+            when = datetime.strptime("|".join(seen.values()), fmt)
         except ValueError:
             return None
+        # Every directive must agree with the time (a %Y%m%d folder holding a file whose %j
+        # names another day is not this time's file).
+        for code, value in zip(self._directives, match.groups(), strict=True):
+            if when.strftime("%" + code).lower() != value.lower():
+                return None
+        return when
 
 
 def scan_archive(

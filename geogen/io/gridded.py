@@ -74,16 +74,42 @@ class GriddedSourceConfig(BaseModel):
     provider: str = ""
 
 
-def unit_conversion(from_units: str, to_units: str) -> tuple[float, float]:
-    """Affine conversion ``to = scale * from + offset`` between two CF unit strings (pint)."""
-    from cf_xarray.units import units as ureg
-
+def _cf_units() -> Any:
+    """Pint's registry with CF unit names (cf_xarray), imported quietly."""
+    pint_log = logging.getLogger("pint.util")
+    level = pint_log.level
+    pint_log.setLevel(logging.ERROR)  # cf_xarray redefines a few pint units at import
     try:
-        zero = ureg.Quantity(0.0, ureg(from_units).units).to(to_units).magnitude
-        one = ureg.Quantity(1.0, ureg(from_units).units).to(to_units).magnitude
+        from cf_xarray.units import units
+    finally:
+        pint_log.setLevel(level)
+    return units
+
+
+def unit_conversion(from_units: str, to_units: str) -> tuple[float, float]:
+    """Affine conversion ``to = scale * from + offset`` between two CF unit strings (pint).
+
+    A water mass flux or amount (``kg m-2 s-1``, ``kg m-2``) converts to a depth rate or depth
+    (``mm/h``, ``mm``) as liquid water equivalent, with a density of 1000 kg m-3.
+    """
+    ureg = _cf_units()
+    try:
+        source = ureg(from_units).units
+        target = ureg(to_units).units
     except Exception as exc:
-        raise SourceError(f"cannot convert units {from_units!r} to {to_units!r}: {exc}") from None
-    return float(one - zero), float(zero)
+        raise SourceError(f"cannot parse units {from_units!r} or {to_units!r}: {exc}") from None
+    water = ureg.Quantity(1000.0, "kg/m**3")
+    for factor in (1.0, 1.0 / water, water):
+        try:
+            zero = (ureg.Quantity(0.0, source) * factor).to(target).magnitude
+            one = (ureg.Quantity(1.0, source) * factor).to(target).magnitude
+        except Exception:
+            continue
+        return float(one - zero), float(zero)
+    raise SourceError(
+        f"cannot convert units {from_units!r} to {to_units!r}: "
+        f"{ureg.Quantity(1.0, source).dimensionality} vs {ureg.Quantity(1.0, target).dimensionality}"
+    )
 
 
 @register_source("xarray")

@@ -1,0 +1,307 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from conftest import downscale_overrides, prepare_config, synthetic_source
+
+import data_pipelines.prepare as prepare_module
+from data_pipelines.config import validate_prepare_config
+from data_pipelines.prepare import block_mean, prepare
+from geogen.io import StoreError, load_source, open_crop_store, split_indices
+
+
+def build(path, **overrides):
+    return prepare(validate_prepare_config(prepare_config(path, **overrides)))
+
+
+def store_arrays(path):
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(group[name][:]) for name in group.array_keys()}
+
+
+def assert_same_store(a, b, exact_statistics=True):
+    arrays_a, arrays_b = store_arrays(a), store_arrays(b)
+    assert arrays_a.keys() == arrays_b.keys()
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+    attrs_a = zarr.open_group(a, mode="r").attrs.asdict()
+    attrs_b = zarr.open_group(b, mode="r").attrs.asdict()
+    for key in ("split_counts", "task", "context", "lead", "grid"):
+        assert attrs_a[key] == attrs_b[key], key
+    if exact_statistics:
+        assert attrs_a["statistics"] == attrs_b["statistics"]
+    else:  # sums over other partitions differ in the last bit
+        for split, stats in attrs_a["statistics"].items():
+            for name, value in stats.items():
+                assert attrs_b["statistics"][split][name] == pytest.approx(value, rel=1e-12)
+
+
+def test_crops_equal_source_frames(tmp_path):
+    result = build(tmp_path / "s.zarr")
+    group = open_crop_store(result.path)
+    source = load_source(synthetic_source())
+    frames = source.read_many(range(len(source.times)))
+    data = group["precip"][:]
+    t0 = pd.DatetimeIndex(group["t0"][:])
+    y0, x0 = group["y0"][:], group["x0"][:]
+    assert (
+        len(data) == result.summary["crops_written"] == sum(result.summary["split_counts"].values())
+    )
+    for i in range(len(data)):
+        k = source.times.get_loc(t0[i])
+        expected = frames[k : k + 5, y0[i] : y0[i] + 32, x0[i] : x0[i] + 32]
+        np.testing.assert_array_equal(data[i], expected)
+    # Time axis: minutes relative to the last context frame.
+    assert group["time"][:].tolist() == [-5, 0, 5, 10, 15]
+    assert group.attrs["context"] == 2 and group.attrs["lead"] == 3
+    # Samples are in time order, and every split is present.
+    assert (np.diff(t0.asi8) >= 0).all()
+    assert set(np.asarray(group["split"][:].tolist())) == {"train", "val", "test"}
+
+
+def test_statistics_and_split_counts(tmp_path):
+    path = build(tmp_path / "s.zarr").path
+    group = open_crop_store(path)
+    for split in ("train", "val", "test"):
+        idx = split_indices(group, split)
+        assert len(idx) == group.attrs["split_counts"][split]
+        values = group["precip"].get_orthogonal_selection((idx,))
+        stats = group.attrs["statistics"][split]
+        assert stats["count"] == np.isfinite(values).sum()
+        np.testing.assert_allclose(stats["mean"], np.nanmean(values.astype(np.float64)), rtol=1e-9)
+        np.testing.assert_allclose(stats["std"], np.nanstd(values.astype(np.float64)), rtol=1e-6)
+        assert stats["max"] == np.nanmax(values)
+
+
+def test_store_opens_with_xarray(tmp_path):
+    path = build(tmp_path / "s.zarr").path
+    ds = xr.open_zarr(path)
+    assert ds["precip"].dims == ("sample", "time", "y", "x")
+    assert ds["precip"].attrs["units"] == "mm/h"
+    assert {"t0", "split", "sample_prob", "y0", "x0"} <= set(ds.coords)
+    assert ds["t0"].dtype.kind == "M"
+    assert ds.attrs["status"] == "complete" and ds.attrs["task"] == "nowcast"
+    for key in ("config", "versions", "provenance", "summary", "grid"):
+        assert key in ds.attrs
+    assert ds.attrs["versions"]["pysteps"] != "not installed"
+
+
+def test_result_independent_of_partitioning(tmp_path):
+    a = build(tmp_path / "a.zarr").path
+    b = build(tmp_path / "b.zarr", parts={"windows": 1, "frames": 3}).path
+    assert_same_store(a, b, exact_statistics=False)
+
+
+def test_rerun_is_noop_and_config_change_needs_overwrite(tmp_path):
+    path = build(tmp_path / "s.zarr").path
+    meta = path / "zarr.json"
+    before = (meta.stat().st_mtime_ns, meta.read_bytes())
+    again = build(tmp_path / "s.zarr")
+    assert again.skipped
+    assert (meta.stat().st_mtime_ns, meta.read_bytes()) == before
+    with pytest.raises(StoreError, match="different config; pass overwrite=true"):
+        build(tmp_path / "s.zarr", seed=7)
+    rebuilt = build(tmp_path / "s.zarr", seed=7, overwrite=True)
+    assert not rebuilt.skipped
+    assert zarr.open_group(path).attrs["config"]["seed"] == 7
+    assert not list(tmp_path.glob("*.old-*")) and not list(tmp_path.glob("*.partial"))
+
+
+def test_refuses_to_touch_foreign_directory(tmp_path):
+    (tmp_path / "mine.zarr").mkdir()
+    (tmp_path / "mine.zarr" / "precious.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not a geogen crop store; refusing"):
+        build(tmp_path / "mine.zarr", overwrite=True)
+    assert (tmp_path / "mine.zarr" / "precious.txt").read_text() == "keep me"
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["_statistics_task", "_load_task"])
+def test_resume_after_failure_gives_the_clean_store(tmp_path, monkeypatch, stage):
+    clean = build(tmp_path / "clean.zarr").path
+    original = getattr(prepare_module, stage)
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Boom("killed")
+        return original(*args)
+
+    monkeypatch.setattr(prepare_module, stage, flaky)
+    out = tmp_path / "resumed.zarr"
+    with pytest.raises(Boom):
+        build(out)
+    # Nothing that looks complete: only the partial build exists, and readers say so.
+    assert not out.exists() and (tmp_path / "resumed.zarr.partial").exists()
+    with pytest.raises(StoreError, match="partial build exists"):
+        open_crop_store(out)
+
+    done_calls = {"n": 0}
+
+    def counting(*args):
+        done_calls["n"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(prepare_module, stage, counting)
+    result = build(out)
+    assert not result.skipped
+    assert 0 < done_calls["n"] < calls["n"] + 10  # only unfinished tasks were redone
+    assert_same_store(clean, out)
+
+
+def test_partial_of_other_config_needs_overwrite(tmp_path, monkeypatch):
+    def fail(*args):
+        raise Boom("stop")
+
+    monkeypatch.setattr(prepare_module, "_load_task", fail)
+    with pytest.raises(Boom):
+        build(tmp_path / "s.zarr")
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="partial build of a different config"):
+        build(tmp_path / "s.zarr", seed=1)
+    assert build(tmp_path / "s.zarr", seed=1, overwrite=True).summary["crops_written"] > 0
+
+
+def test_gaps_are_counted_and_never_bridged(tmp_path):
+    dropped = ["2020-01-01T00:50", "2020-01-01T00:55"]
+    result = build(tmp_path / "g.zarr", source=synthetic_source(drop_times=dropped))
+    s = result.summary
+    assert s["missing_time_steps"] == 2 and s["gaps"] == 1
+    # Windows of 5 frames starting 00:30..00:45 need a dropped frame; so do 00:50/00:55 but
+    # those start at no existing frame.
+    assert s["rejected_gap"] == 4
+    group = open_crop_store(result.path)
+    t0 = pd.DatetimeIndex(group["t0"][:])
+    frames = t0.values[:, None] + np.arange(5) * np.timedelta64(5, "m")
+    assert not np.isin(frames, pd.DatetimeIndex(dropped).values).any()
+
+
+def test_nan_crops_rejected_and_fraction_recorded(tmp_path):
+    source = synthetic_source(nan_border=6, shape=[96, 96])
+    result = build(
+        tmp_path / "n.zarr",
+        source=source,
+        crop={"size": 32, "stride": 16},
+        reject={"max_nan_fraction": 0.2},
+    )
+    assert result.summary["rejected_nan"] > 0
+    group = open_crop_store(result.path)
+    data = group["precip"][:]
+    nan_fraction = np.isnan(data).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(group["nan_fraction"][:], nan_fraction, atol=1e-6)
+    assert (nan_fraction <= 0.2).all() and (nan_fraction > 0.18).any()
+
+
+def test_dgmr_importance_sampling_probabilities(tmp_path):
+    sampling = {"method": "dgmr", "q_min": 0.3, "m": 1.0, "rain_threshold": 0.1}
+    result = build(tmp_path / "d.zarr", sampling=sampling)
+    group = open_crop_store(result.path)
+    data = group["precip"][:].astype(np.float64)
+    soft = np.nanmean(1 - np.exp(-data), axis=(1, 2, 3))
+    np.testing.assert_allclose(group["sample_prob"][:], np.minimum(1, 0.3 + soft), rtol=1e-5)
+    wet = np.nanmean(data >= 0.1, axis=(1, 2, 3))
+    np.testing.assert_allclose(group["rain_fraction"][:], wet, rtol=1e-5)
+    s = result.summary
+    assert s["sampling_method"] == "dgmr" and s["rejected_sampling"] > 0
+    # Rainier crops are kept more often: mean acceptance of kept crops exceeds the floor.
+    considered = s["crops_candidate"] - s["rejected_nan"]
+    assert 0.3 < s["crops_written"] / considered < 1.0
+
+
+def test_no_crop_kept_still_gives_a_complete_store(tmp_path):
+    sampling = {"method": "uniform", "probability": 1e-9}
+    result = build(tmp_path / "e.zarr", sampling=sampling)
+    assert result.summary["crops_written"] == 0
+    group = open_crop_store(result.path)
+    assert group["precip"].shape[0] == 0
+
+
+def test_downscale_pairs_are_block_means(tmp_path):
+    result = build(tmp_path / "p.zarr", **downscale_overrides(factor=4, size=32, length=4))
+    group = open_crop_store(result.path)
+    high, low = group["precip"][:], group["precip_lowres"][:]
+    assert high.shape[1:] == (4, 32, 32) and low.shape[1:] == (4, 8, 8)
+    expected = high.reshape(-1, 4, 8, 4, 8, 4).mean(axis=(3, 5))
+    np.testing.assert_allclose(low, expected, rtol=1e-6)
+    assert group.attrs["factor"] == 4 and group["time"][:].tolist() == [0, 5, 10, 15]
+
+
+def test_block_mean_closed_form():
+    field = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(block_mean(field, 2), [[2.5, 4.5], [10.5, 12.5]])
+    field[0, 0] = np.nan
+    assert np.isnan(block_mean(field, 2)[0, 0]) and block_mean(field, 2)[1, 1] == 12.5
+    with pytest.raises(ValueError, match="not divisible"):
+        block_mean(np.zeros((5, 4)), 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"crop": {"size": 0, "stride": 8}}, "crop.size"),
+        ({"sequence": {"lead": None}}, "needs sequence.context and sequence.lead"),
+        ({**downscale_overrides(factor=5, size=32)}, "not a multiple of task.factor=5"),
+        ({"split": {"fractions": {"train": 1.0, "holdout": 0.1}}}, "unknown splits"),
+        ({"split": {"guard": "soon"}}, "not a duration"),
+        ({"sampling": {"method": "best"}}, "sampling.method"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_invalid_configs_name_the_key(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate_prepare_config(prepare_config(tmp_path / "x.zarr", **overrides))
+
+
+def test_crop_larger_than_grid_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="crop size 128 is larger than the grid 96 x 96"):
+        build(tmp_path / "x.zarr", crop={"size": 128, "stride": 128})
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path):
+    """Kill a real geogen-prepare process mid-load; rerunning gives the clean store."""
+    source = synthetic_source(n_times=40, shape=[160, 160])
+    overrides = {
+        "source": source,
+        "crop": {"size": 64, "stride": 32},
+        "sequence": {"context": 4, "lead": 8, "stride": 1},
+        "parts": {"windows": 1, "frames": 4},
+        "split": {"method": "blocks", "block": "1D", "guard": "0h"},
+    }
+    clean = build(tmp_path / "clean.zarr", **overrides).path
+    out = tmp_path / "killed.zarr"
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(prepare_config(out, **overrides)))
+    script = (
+        "import json, sys\n"
+        "from data_pipelines.config import validate_prepare_config\n"
+        "from data_pipelines.prepare import prepare\n"
+        f"prepare(validate_prepare_config(json.load(open({str(cfg_file)!r}))))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
+    done_dir = Path(str(out) + ".partial") / "_progress" / "load_done" / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    result = build(out, **overrides)
+    assert not result.skipped
+    assert_same_store(clean, out)
