@@ -108,7 +108,8 @@ def unit_conversion(from_units: str, to_units: str) -> tuple[float, float]:
         return float(one - zero), float(zero)
     raise SourceError(
         f"cannot convert units {from_units!r} to {to_units!r}: "
-        f"{ureg.Quantity(1.0, source).dimensionality} vs {ureg.Quantity(1.0, target).dimensionality}"
+        f"{ureg.Quantity(1.0, source).dimensionality} vs "
+        f"{ureg.Quantity(1.0, target).dimensionality}"
     )
 
 

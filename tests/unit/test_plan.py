@@ -112,11 +112,11 @@ def test_block_split_guard_keeps_splits_apart():
     assert set(np.unique(codes)) == {-1, 0, 1, 2}
     # Any two kept windows of different splits are more than `guard` apart.
     kept = codes >= 0
-    f, l, c = first[kept].values, last[kept].values, codes[kept]
+    f, e, c = first[kept].values, last[kept].values, codes[kept]
     for split in (1, 2):
         other = c != split
-        gap_after = f[other][None, :] - l[c == split][:, None]
-        gap_before = f[c == split][:, None] - l[other][None, :]
+        gap_after = f[other][None, :] - e[c == split][:, None]
+        gap_before = f[c == split][:, None] - e[other][None, :]
         distance = np.maximum(gap_after, gap_before)
         assert (distance > np.timedelta64(guard)).all()
     # Windows within one block and away from edges keep the block's split.
@@ -129,15 +129,15 @@ def test_range_splits_with_guard():
     last = first + pd.Timedelta("1h")
     ranges = {"test": [["2020-01-01 10:00", "2020-01-01 16:00"]], "val": []}
     codes = P.assign_splits_ranges(first, last, ranges=ranges, guard=pd.Timedelta("1h"))
-    for f, l, c in zip(first, last, codes, strict=True):
-        near_test = (l + pd.Timedelta("1h") >= pd.Timestamp("2020-01-01 10:00")) and (
+    for f, e, c in zip(first, last, codes, strict=True):
+        near_test = (e + pd.Timedelta("1h") >= pd.Timestamp("2020-01-01 10:00")) and (
             f - pd.Timedelta("1h") <= pd.Timestamp("2020-01-01 16:00")
         )
         inside = f - pd.Timedelta("1h") >= pd.Timestamp("2020-01-01 10:00") and (
-            l + pd.Timedelta("1h") <= pd.Timestamp("2020-01-01 16:00")
+            e + pd.Timedelta("1h") <= pd.Timestamp("2020-01-01 16:00")
         )
         expected = 2 if inside else (-1 if near_test else 0)
-        assert c == expected, (f, l)
+        assert c == expected, (f, e)
     assert (codes == 2).sum() == 7 and (codes == 0).sum() > 20
     with pytest.raises(ValueError, match="ends before it starts"):
         P.assign_splits_ranges(
