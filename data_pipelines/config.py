@@ -115,7 +115,8 @@ class DaskConfig(_Strict):
 class PartsConfig(_Strict):
     """Granularity of the parallel, resumable work units."""
 
-    windows: int = Field(default=8, ge=1, description="sequence windows per load task")
+    samples: int = Field(default=32, ge=1, description="crops per load task (about)")
+    windows: int = Field(default=32, ge=1, description="at most this many windows per load task")
     frames: int = Field(default=8, ge=1, description="frames per statistics task")
 
 

@@ -339,10 +339,24 @@ def _time_offsets(cfg: PrepareConfig, source: Source) -> np.ndarray:
     return np.round(k * step).astype(np.int32)
 
 
-def _parts(samples: pd.DataFrame, windows_per_part: int) -> np.ndarray:
-    """Part id of each sample: runs of ``windows_per_part`` consecutive window starts."""
-    _, window_rank = np.unique(samples["start"].to_numpy(), return_inverse=True)
-    return (window_rank // windows_per_part).astype(np.int64)
+def _parts(samples: pd.DataFrame, max_samples: int, max_windows: int) -> np.ndarray:
+    """Part id of each sample: consecutive windows, about ``max_samples`` crops per part.
+
+    A window's crops stay in one part (they share frames); a part closes once it holds
+    ``max_samples`` crops or ``max_windows`` windows. The partition depends on the plan alone
+    (never on the number of workers), so a resumed run finds the same parts.
+    """
+    starts = samples["start"].to_numpy()
+    unique, per_window = np.unique(starts, return_counts=True)
+    window_part = np.empty(len(unique), dtype=np.int64)
+    part = n_samples = n_windows = 0
+    for w, count in enumerate(per_window):
+        if n_windows and (n_samples >= max_samples or n_windows >= max_windows):
+            part, n_samples, n_windows = part + 1, 0, 0
+        window_part[w] = part
+        n_samples += count
+        n_windows += 1
+    return window_part[np.searchsorted(unique, starts)]
 
 
 def _stage_plan(
@@ -354,7 +368,7 @@ def _stage_plan(
     partial: Path,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     samples, counts = plan_samples(cfg, source, frame_stats, bad, tiles)
-    samples["part"] = _parts(samples, cfg.parts.windows)
+    samples["part"] = _parts(samples, cfg.parts.samples, cfg.parts.windows)
     group = zarr.open_group(partial, mode="r+")
     n = len(samples)
     if group.attrs.get("planned_samples") is not None:

@@ -62,7 +62,7 @@ def prepare_config(out: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
                 "test": [["2020-01-01T01:50", "2020-01-01T02:25"]],
             },
         },
-        "parts": {"windows": 4, "frames": 8},
+        "parts": {"samples": 16, "windows": 4, "frames": 8},
         "dask": {"address": "inline"},
         "progress": False,
     }

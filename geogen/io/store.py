@@ -57,8 +57,12 @@ class StoreError(ValueError):
 
 
 def compressor() -> zarr.codecs.BloscCodec:
-    """The codec for crop arrays: zstd with bit shuffling (rain fields are mostly zeros)."""
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    """The codec for crop arrays: Blosc zstd level 1 with byte shuffling.
+
+    On MeteoSwiss crops it writes at ~350 MB/s per core with a ratio of ~3.6, against
+    ~60 MB/s and ~2.6 for zstd level 5 with bit shuffling (benchmarks/bench_prepare.py).
+    """
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
 @dataclass(frozen=True)

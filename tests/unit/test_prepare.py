@@ -97,7 +97,7 @@ def test_store_opens_with_xarray(tmp_path):
 
 def test_result_independent_of_partitioning(tmp_path):
     a = build(tmp_path / "a.zarr").path
-    b = build(tmp_path / "b.zarr", parts={"windows": 1, "frames": 3}).path
+    b = build(tmp_path / "b.zarr", parts={"samples": 1, "windows": 1, "frames": 3}).path
     assert_same_store(a, b, exact_statistics=False)
 
 
@@ -278,7 +278,7 @@ def test_resume_after_sigkill(tmp_path):
         "source": source,
         "crop": {"size": 64, "stride": 32},
         "sequence": {"context": 4, "lead": 8, "stride": 1},
-        "parts": {"windows": 1, "frames": 4},
+        "parts": {"samples": 8, "windows": 1, "frames": 4},
         "split": {"method": "blocks", "block": "1D", "guard": "0h"},
     }
     clean = build(tmp_path / "clean.zarr", **overrides).path
