@@ -276,8 +276,6 @@ def find_files_between(
                 f"no file of the layout {path_fmt}/{fn_pattern}.{fn_ext} under {root!r} "
                 f"between {start} and {end}"
             ) from exc
-    if n_steps == 0:
-        paths, stamps = [paths], [stamps]
     present = [(pd.Timestamp(t), p) for t, p in zip(stamps, paths, strict=True) if p is not None]
     missing = pd.DatetimeIndex(
         [pd.Timestamp(t) for t, p in zip(stamps, paths, strict=True) if p is None]

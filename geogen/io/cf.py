@@ -12,6 +12,7 @@ up as the same kind of :class:`xarray.Dataset`, built here:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +94,11 @@ def crs_variable(crs: str) -> xr.DataArray:
     except pyproj.exceptions.CRSError as exc:
         raise ValueError(f"cannot interpret the projection {crs!r}: {exc}") from exc
     try:
-        attrs = dict(parsed.to_cf())
+        with warnings.catch_warnings():
+            # e.g. Swiss somerc: "angle from rectified to skew grid parameter lost in
+            # conversion to CF"; crs_wkt and proj4 below keep the full definition.
+            warnings.simplefilter("ignore", UserWarning)
+            attrs = dict(parsed.to_cf())
     except Exception:  # pragma: no cover - some custom projections have no CF mapping
         attrs = {"crs_wkt": parsed.to_wkt()}
     attrs = {k: v for k, v in attrs.items() if isinstance(v, str | int | float)}

@@ -98,3 +98,10 @@ def test_missing_times_between_events_is_compact():
     ]
     assert len(missing_times(times[:2], pd.Timedelta("5min"), None, None)) == 0
     assert np.all(np.diff(missing.values) == np.timedelta64(5, "m"))
+
+
+def test_find_files_between_single_time(tmp_path):
+    times = pd.date_range("2016-07-11 21:00", periods=3, freq="5min")
+    make_tree(tmp_path, times)
+    one = find_files_between(tmp_path, *MCH, 5, times[1], times[1])
+    assert list(one.times) == [times[1]] and len(one.paths) == 1

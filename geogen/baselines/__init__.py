@@ -1,0 +1,1 @@
+"""Reference forecasts behind the same interface as learned models (geogen.forecasting)."""

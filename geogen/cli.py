@@ -1,0 +1,80 @@
+"""The Hydra entry points of geogen (thin wrappers; the work lives in the library).
+
+``geogen-prepare`` lives in :mod:`data_pipelines.cli` (the pipeline imports the library,
+never the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from geogen.config import config_dir, to_plain
+
+log = logging.getLogger("geogen")
+
+
+def _fail(exc: BaseException) -> None:
+    log.error("%s", exc)
+    sys.exit(1)
+
+
+def _provenance(cfg: DictConfig) -> dict[str, Any]:
+    from geogen import __version__
+
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "geogen_version": __version__,
+        "command": " ".join(sys.argv),
+        "config": json.loads(json.dumps(to_plain(cfg), default=str)),
+    }
+
+
+def run_forecast(cfg: DictConfig) -> str:
+    """Read the context from the archive, forecast, write the file; return its path."""
+    from geogen.forecasting import forecast, get_forecaster, read_context, write_forecast
+
+    kwargs: dict[str, Any] = dict(to_plain(cfg.baseline).get(cfg.model) or {})
+    if cfg.ckpt:
+        kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
+    model = get_forecaster(cfg.model, **kwargs)
+    source = to_plain(cfg.source)
+    context = read_context(
+        source,
+        cfg.time,
+        model.n_context,
+        region=OmegaConf.to_object(cfg.region) if cfg.region else None,
+    )
+    log.info(
+        "%s: %d context frames ending %s, grid %s",
+        cfg.model,
+        context.sizes["time"],
+        cfg.time,
+        tuple(context.shape[1:]),
+    )
+    result = forecast(
+        model, context, members=cfg.members, leads=cfg.leads, seed=cfg.seed, progress=cfg.progress
+    )
+    path = write_forecast(
+        result, cfg.out, provenance=_provenance(cfg), source_config=source, source=source["name"]
+    )
+    return str(path)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="forecast")
+def forecast(cfg: DictConfig) -> None:
+    """``geogen-forecast model=NAME source=SRC time=T out=FILE`` (see conf/forecast.yaml)."""
+    from geogen.forecasting import ForecastError
+    from geogen.io import SourceError
+
+    try:
+        path = run_forecast(cfg)
+    except (ForecastError, SourceError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    print(f"wrote {cfg.members}-member {cfg.model} forecast to {path}")

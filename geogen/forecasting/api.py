@@ -1,0 +1,137 @@
+"""``geogen.forecast``: run any forecaster on an xarray context and get a CF DataArray back."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from geogen.forecasting.interface import Forecaster, ForecastError, get_forecaster
+
+log = logging.getLogger(__name__)
+
+FORECAST_VARIABLE = "precip"
+
+
+def _timestep_minutes(context: xr.DataArray) -> float:
+    times = pd.DatetimeIndex(context["time"].values)
+    if len(times) < 2:
+        step = context.attrs.get("timestep") or context.attrs.get("timestep_minutes")
+        if step is None:
+            raise ForecastError(
+                "one context frame and no 'timestep' attribute: cannot tell the time step"
+            )
+        return float(step)
+    steps = np.diff(times.values).astype("timedelta64[s]").astype(np.int64) / 60.0
+    if not np.allclose(steps, steps[0]):
+        raise ForecastError(
+            f"context frames are not evenly spaced (steps in minutes: {sorted(set(steps))}); "
+            "a missing frame cannot be bridged"
+        )
+    return float(steps[0])
+
+
+def forecast(
+    model: Forecaster | str,
+    context: xr.DataArray,
+    members: int = 1,
+    leads: int = 18,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    **model_kwargs: Any,
+) -> xr.DataArray:
+    """Forecast ``leads`` frames after the last frame of ``context``.
+
+    Parameters
+    ----------
+    model
+        A :class:`~geogen.forecasting.Forecaster`, or a registered name (``"persistence"``,
+        ``"pysteps_steps"``, ``"dgmr"``) built with ``model_kwargs``.
+    context
+        ``(time, y, x)`` rain rate in mm/h, regularly spaced; at least ``model.n_context``
+        frames (the last ones are used). ``x``/``y`` coordinates and a ``crs`` coordinate are
+        carried over to the forecast.
+    members
+        Ensemble size (deterministic methods repeat their forecast).
+    leads
+        Number of lead frames, one time step apart.
+    seed
+        Seed of the ensemble; the same seed gives the same forecast.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``precip`` with dims ``(member, lead_time, y, x)`` in mm/h; coordinates ``lead_time``
+        (timedelta), ``time`` (valid time, along ``lead_time``), ``issue_time`` (scalar, the
+        last context frame), ``x``, ``y`` (and ``crs`` when the context has one); attributes
+        describe the model (``model``, settings, provenance).
+    """
+    if isinstance(model, str):
+        model = get_forecaster(model, **model_kwargs)
+    elif model_kwargs:
+        raise TypeError("model_kwargs are only used when model is given by name")
+    if members < 1 or leads < 1:
+        raise ForecastError(f"members ({members}) and leads ({leads}) must be >= 1")
+    if set(context.dims) != {"time", "y", "x"}:
+        raise ForecastError(f"context must have dims (time, y, x), not {context.dims}")
+    context = context.transpose("time", "y", "x")
+    if context.sizes["time"] < model.n_context:
+        raise ForecastError(
+            f"{model.name} needs {model.n_context} context frames, got {context.sizes['time']}"
+        )
+    step = _timestep_minutes(context)
+    if model.timestep_minutes is not None and not np.isclose(step, model.timestep_minutes):
+        raise ForecastError(
+            f"{model.name} was trained on {model.timestep_minutes:g}-minute steps; the context "
+            f"is every {step:g} minutes"
+        )
+    frames = np.asarray(context.isel(time=slice(-model.n_context, None)).values, dtype=np.float32)
+    values = model.predict(
+        frames, leads=leads, members=members, seed=seed, timestep_minutes=step, progress=progress
+    )
+    expected = (members, leads, *frames.shape[1:])
+    if values.shape != expected:
+        raise ForecastError(f"{model.name} returned shape {values.shape}, expected {expected}")
+    issue = pd.Timestamp(context["time"].values[-1])
+    lead_time = pd.to_timedelta(np.arange(1, leads + 1) * step, unit="min")
+    coords: dict[str, Any] = {
+        "member": ("member", np.arange(members, dtype=np.int32)),
+        "lead_time": ("lead_time", lead_time.values, {"standard_name": "forecast_period"}),
+        "time": ("lead_time", (issue + lead_time).values, {"standard_name": "time"}),
+        "issue_time": (
+            (),
+            np.datetime64(issue, "ns"),
+            {"standard_name": "forecast_reference_time"},
+        ),
+    }
+    for name in ("y", "x"):
+        if name in context.coords:
+            coords[name] = context[name]
+    if "crs" in context.coords:
+        coords["crs"] = context["crs"]
+    attrs = {
+        "units": "mm/h",
+        "standard_name": "lwe_precipitation_rate",
+        "long_name": f"precipitation rate forecast ({model.name})",
+        "model": model.name,
+        "members": members,
+        "seed": seed,
+        "timestep_minutes": step,
+    }
+    if "crs" in context.coords:
+        attrs["grid_mapping"] = "crs"
+    out = xr.DataArray(
+        values.astype(np.float32, copy=False),
+        dims=("member", "lead_time", "y", "x"),
+        coords=coords,
+        name=FORECAST_VARIABLE,
+        attrs=attrs,
+    )
+    out.attrs["settings"] = model.describe()
+    return out

@@ -1,0 +1,150 @@
+"""One interface for every forecast method: learned models and pysteps references alike.
+
+A :class:`Forecaster` turns ``context`` frames (rain rate, mm/h) into an ensemble of lead
+frames. Methods register themselves by name, as pysteps' methods do::
+
+    from geogen.forecasting import get_forecaster, forecast
+
+    steps = get_forecaster("pysteps_steps", n_cascade_levels=6)
+    fc = forecast(steps, context, members=20, leads=18)      # xarray, (member, lead_time, y, x)
+
+    dgmr = get_forecaster("dgmr", ckpt="dgmr.ckpt")          # a trained checkpoint
+    fc = forecast(dgmr, context, members=20, leads=18)
+
+Learned methods and references share the signature of :meth:`Forecaster.predict`, so
+``geogen-forecast model=NAME`` writes the same file for all of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Callable[..., Forecaster]] = {}
+
+
+class ForecastError(ValueError):
+    """Inputs a forecaster cannot use (missing frames, wrong step, domain too small, ...)."""
+
+
+class Forecaster(abc.ABC):
+    """A nowcasting method: context frames in, an ensemble of lead frames out.
+
+    Attributes
+    ----------
+    name
+        Registered name (``"persistence"``, ``"pysteps_steps"``, ``"dgmr"``).
+    n_context
+        Number of context frames the method needs (the last one is the issue time).
+    stochastic
+        Whether members differ (deterministic methods return identical members).
+    timestep_minutes
+        The time step the method was built for, or ``None`` when any step works.
+    """
+
+    name: ClassVar[str] = ""
+    n_context: int = 1
+    stochastic: bool = False
+    timestep_minutes: float | None = None
+
+    @abc.abstractmethod
+    def predict(
+        self,
+        context: np.ndarray,
+        *,
+        leads: int,
+        members: int,
+        seed: int,
+        timestep_minutes: float,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Forecast from ``context``.
+
+        Parameters
+        ----------
+        context
+            ``(time, y, x)`` float32 rain rate in mm/h; the last frame is the issue time.
+            NaN marks pixels with no data.
+        leads
+            Number of lead frames, one time step apart.
+        members
+            Ensemble size.
+        seed
+            Seed of the method's randomness; the same seed gives the same ensemble.
+        timestep_minutes
+            Time step of the context frames.
+        progress
+            Show a progress bar for long work.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(member, lead, y, x)`` float32 rain rate in mm/h (>= 0; NaN where the method
+            cannot say anything, e.g. outside the radar domain).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and provenance written into forecast files (JSON-friendly)."""
+        return {"model": self.name}
+
+
+def register_forecaster(
+    name: str,
+) -> Callable[[Callable[..., Forecaster]], Callable[..., Forecaster]]:
+    """Register a forecaster class (or factory) under ``name``."""
+
+    def decorator(factory: Callable[..., Forecaster]) -> Callable[..., Forecaster]:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"forecaster {name!r} is already registered")
+        if isinstance(factory, type):
+            factory.name = name  # type: ignore[misc]
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def _load_builtin() -> None:
+    """Import the modules whose forecasters register themselves."""
+    import importlib
+
+    for module in (
+        "geogen.baselines.persistence",
+        "geogen.baselines.pysteps_methods",
+        "geogen.forecasting.learned",
+    ):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a real missing dependency inside the module
+                raise
+
+
+def available_forecasters() -> list[str]:
+    """Names of the registered forecasters."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_forecaster(name: str, **kwargs: Any) -> Forecaster:
+    """Build the forecaster registered under ``name`` with its settings.
+
+    Raises
+    ------
+    ForecastError
+        For an unknown name; the message lists the valid ones.
+    """
+    _load_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ForecastError(
+            f"unknown forecast model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return factory(**kwargs)

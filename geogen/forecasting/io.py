@@ -1,0 +1,253 @@
+"""Reading context and observations from archives; writing and reading forecast files.
+
+Forecast files are CF netCDF (``.nc``) or zarr (``.zarr``) holding ``precip`` with dims
+``(member, lead_time, y, x)`` in mm/h, coordinates ``lead_time`` (``forecast_period``),
+``time`` (valid time), ``issue_time`` (``forecast_reference_time``), ``x``/``y`` in the source
+projection and the ``crs`` grid mapping. Nested attributes (model settings, provenance) are
+stored as JSON strings and decoded again by :func:`open_forecast`. Files are written to a
+temporary path and renamed, so a forecast file is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from geogen.forecasting.interface import ForecastError
+from geogen.io.sources import TimeLike, load_source, to_timestamp
+
+JSON_ATTRS = ("settings", "provenance", "source_config", "region")
+
+
+def _check_region(
+    region: Sequence[int] | None, shape: tuple[int, int]
+) -> tuple[slice, slice] | None:
+    if region is None:
+        return None
+    if len(region) != 4:
+        raise ForecastError(f"region must be [y0, x0, height, width], got {list(region)}")
+    y0, x0, h, w = (int(v) for v in region)
+    ny, nx = shape
+    if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > ny or x0 + w > nx:
+        raise ForecastError(
+            f"region [y0={y0}, x0={x0}, height={h}, width={w}] does not fit the source grid "
+            f"of {ny} x {nx} pixels"
+        )
+    return slice(y0, y0 + h), slice(x0, x0 + w)
+
+
+def read_frames(
+    source: Mapping[str, Any] | str,
+    start: TimeLike,
+    end: TimeLike,
+    *,
+    region: Sequence[int] | None = None,
+    require_all: bool = True,
+    **overrides: Any,
+) -> xr.DataArray:
+    """Read the frames of ``source`` from ``start`` to ``end`` (inclusive), loaded in memory.
+
+    Parameters
+    ----------
+    source
+        A source config or the name of a shipped one.
+    start, end
+        Valid times of the first and last frame.
+    region
+        Optional ``[y0, x0, height, width]`` pixel window of the source grid.
+    require_all
+        Raise :class:`ForecastError` naming the missing times when a frame is missing;
+        otherwise return only the frames present.
+    **overrides
+        Source config overrides (``root=...``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, y, x)`` float32 with the source's coordinates and attributes.
+    """
+    start_ts, end_ts = to_timestamp(start), to_timestamp(end)
+    src = load_source(source, start_ts, end_ts, **overrides)
+    if require_all and len(src.missing):
+        missing = ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in src.missing[:10])
+        raise ForecastError(
+            f"{src.name}: {len(src.missing)} frame(s) missing between {start_ts} and {end_ts} "
+            f"(every {src.timestep}): {missing}"
+        )
+    ds = src.to_dataset()
+    data = ds[src.variable]
+    window = _check_region(region, src.grid.shape)
+    if window is not None:
+        data = data.isel(y=window[0], x=window[1])
+    data = data.load()
+    data.attrs.update({k: v for k, v in ds.attrs.items() if k in ("source", "timestep")})
+    if region is not None:
+        data.attrs["region"] = [int(v) for v in region]
+    return data
+
+
+def read_context(
+    source: Mapping[str, Any] | str,
+    time: TimeLike,
+    n_context: int,
+    *,
+    region: Sequence[int] | None = None,
+    **overrides: Any,
+) -> xr.DataArray:
+    """The ``n_context`` frames ending at ``time`` (the issue time), all required.
+
+    Raises
+    ------
+    ForecastError
+        When a context frame is missing (the message names the times).
+    """
+    src_cfg = _source_config(source, overrides)
+    step = pd.Timedelta(minutes=float(src_cfg["timestep"]))
+    issue = to_timestamp(time)
+    if issue is None:
+        raise ForecastError("the issue time is required (time=2016-07-11T22:00)")
+    return read_frames(src_cfg, issue - (n_context - 1) * step, issue, region=region)
+
+
+def read_observations(
+    source: Mapping[str, Any] | str,
+    issue_time: TimeLike,
+    leads: int,
+    *,
+    region: Sequence[int] | None = None,
+    **overrides: Any,
+) -> xr.DataArray:
+    """Observed frames at each lead time after ``issue_time`` (missing ones are left out)."""
+    src_cfg = _source_config(source, overrides)
+    step = pd.Timedelta(minutes=float(src_cfg["timestep"]))
+    issue = to_timestamp(issue_time)
+    return read_frames(
+        src_cfg, issue + step, issue + leads * step, region=region, require_all=False
+    )
+
+
+def _source_config(source: Mapping[str, Any] | str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    from geogen.config import load_source_config, to_plain
+
+    if isinstance(source, str):
+        return load_source_config(source, **overrides)
+    return {**to_plain(source), **overrides}
+
+
+# --------------------------------------------------------------------------------------------
+# forecast files
+# --------------------------------------------------------------------------------------------
+def forecast_to_dataset(forecast: xr.DataArray, **attrs: Any) -> xr.Dataset:
+    """A forecast DataArray as a CF dataset with JSON-encoded nested attributes."""
+    ds = forecast.to_dataset(name=forecast.name or "precip")
+    var = ds[forecast.name or "precip"]
+    for key in list(var.attrs):
+        if key in JSON_ATTRS or isinstance(var.attrs[key], dict | list):
+            ds.attrs[key] = json.dumps(var.attrs.pop(key), default=str)
+    for key, value in attrs.items():
+        ds.attrs[key] = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+    ds.attrs.setdefault("Conventions", "CF-1.8")
+    ds.attrs.setdefault("title", f"geogen precipitation nowcast ({var.attrs.get('model', '?')})")
+    return ds
+
+
+def write_forecast(
+    forecast: xr.DataArray | xr.Dataset, path: str | os.PathLike, **attrs: Any
+) -> Path:
+    """Write a forecast to CF netCDF (``.nc``) or zarr (``.zarr``), atomically.
+
+    Parameters
+    ----------
+    forecast
+        From :func:`geogen.forecast` (dims ``member, lead_time, y, x``).
+    path
+        Output path; the extension picks the format.
+    **attrs
+        Extra global attributes (provenance, source config; dicts become JSON strings).
+    """
+    path = Path(path)
+    ds = forecast if isinstance(forecast, xr.Dataset) else forecast_to_dataset(forecast, **attrs)
+    name = "precip" if "precip" in ds else next(iter(ds.data_vars))
+    shape = ds[name].shape
+    time_encoding = {"units": "minutes since 1970-01-01 00:00:00", "dtype": "int64"}
+    encoding: dict[str, dict[str, Any]] = {
+        "lead_time": {"units": "minutes", "dtype": "int32"},
+        "time": dict(time_encoding),
+        "issue_time": dict(time_encoding),
+    }
+    suffix = path.suffix.lower()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".zarr":
+        encoding[name] = {"chunks": (1, 1, *shape[2:])}
+        with warnings.catch_warnings():
+            # "Consolidated metadata is currently not part in the Zarr format 3 specification"
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=3)
+    elif suffix in (".nc", ".nc4", ".netcdf"):
+        encoding[name] = {"zlib": True, "complevel": 4, "chunksizes": (1, 1, *shape[2:])}
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    else:
+        raise ForecastError(f"unknown forecast file type {path.name!r}: use .nc or .zarr")
+    _remove(path)
+    os.replace(tmp, path)
+    return path
+
+
+def open_forecast(path: str | os.PathLike) -> xr.DataArray:
+    """Open a forecast file written by :func:`write_forecast` (loaded lazily).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(member, lead_time, y, x)``, ``lead_time`` as timedelta, JSON attributes decoded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ForecastError(f"no forecast file at {path}")
+    try:
+        if path.suffix.lower() == ".zarr":
+            ds = xr.open_zarr(path, decode_timedelta=True)
+        else:
+            ds = xr.open_dataset(path, decode_timedelta=True)
+    except Exception as exc:
+        raise ForecastError(f"cannot open the forecast file {path}: {exc}") from exc
+    if "precip" not in ds:
+        raise ForecastError(f"{path} holds no 'precip' variable (variables: {list(ds.data_vars)})")
+    da = ds["precip"]
+    if set(da.dims) != {"member", "lead_time", "y", "x"}:
+        raise ForecastError(
+            f"{path}: 'precip' has dims {da.dims}, expected member, lead_time, y, x"
+        )
+    da = da.transpose("member", "lead_time", "y", "x")
+    for key, value in ds.attrs.items():
+        if key in JSON_ATTRS and isinstance(value, str):
+            try:
+                da.attrs[key] = json.loads(value)
+            except json.JSONDecodeError:
+                da.attrs[key] = value
+        elif key not in da.attrs:
+            da.attrs[key] = value
+    return da
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def lead_minutes(forecast: xr.DataArray) -> np.ndarray:
+    """Lead times of a forecast in minutes (int)."""
+    return (forecast["lead_time"].values / np.timedelta64(1, "m")).astype(np.int64)
