@@ -138,8 +138,13 @@ def store_info(path_or_group: str | os.PathLike | zarr.Group) -> StoreInfo:
     )
     a = group.attrs.asdict()
     var = group[a["variable"]]
+    if isinstance(path_or_group, zarr.Group):
+        root = getattr(group.store, "root", None)  # LocalStore: the folder
+        path = os.fspath(root) if root is not None else str(group.store_path)
+    else:
+        path = os.fspath(path_or_group)
     return StoreInfo(
-        path=str(group.store_path) if hasattr(group, "store_path") else "",
+        path=path,
         task=a["task"],
         variable=a["variable"],
         n_samples=int(var.shape[0]),
