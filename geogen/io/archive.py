@@ -124,8 +124,20 @@ def _pattern_regex(pattern: str) -> tuple[str, list[str]]:
     return "".join(parts), directives
 
 
+@dataclass(frozen=True)
+class ParsedPath:
+    """The valid time of an archive file, and whether its folders agree with it."""
+
+    time: datetime
+    misplaced: bool
+
+
 class PathTimeParser:
     """Parse the valid time of a file from its path relative to the archive root.
+
+    The file name decides the time (folders only fill in what the name lacks); a file whose
+    folders name another time (pysteps-data keeps MeteoSwiss' 00:00 file in the previous
+    day's folder) is flagged ``misplaced``: pysteps' ``find_by_date`` would not find it.
 
     Parameters
     ----------
@@ -135,36 +147,43 @@ class PathTimeParser:
 
     def __init__(self, path_fmt: str, fn_pattern: str, fn_ext: str) -> None:
         path_fmt = path_fmt.strip("/")
-        pieces = [p for p in (path_fmt, f"{fn_pattern}.{fn_ext}") if p]
-        regex, directives = _pattern_regex("/".join(pieces))
-        self.pattern = "/".join(pieces)
-        self._regex = re.compile(regex)
-        self._directives = directives
-        if not directives:
+        name = f"{fn_pattern}.{fn_ext}"
+        self.pattern = f"{path_fmt}/{name}" if path_fmt else name
+        dir_regex, dir_directives = _pattern_regex(path_fmt + "/") if path_fmt else ("", [])
+        name_regex, name_directives = _pattern_regex(name)
+        self._regex = re.compile(dir_regex + name_regex)
+        self._n_dir = len(dir_directives)
+        self._directives = dir_directives + name_directives
+        if not self._directives:
             raise ValueError(
                 f"the archive layout {self.pattern!r} has no date directives (%Y, %m, ...): "
                 "geogen cannot tell the time of its files"
             )
 
-    def __call__(self, relative_path: str) -> datetime | None:
-        """The valid time encoded in ``relative_path``, or ``None`` if it does not match."""
+    def parse(self, relative_path: str) -> ParsedPath | None:
+        """The file's time and placement, or ``None`` if the path is not of this layout."""
         match = self._regex.fullmatch(relative_path.replace(os.sep, "/"))
         if match is None:
             return None
-        seen: dict[str, str] = {}
-        for code, value in zip(self._directives, match.groups(), strict=True):
-            seen.setdefault(code, value)
-        fmt = "|".join("%" + code for code in seen)
+        pairs = list(zip(self._directives, match.groups(), strict=True))
+        values = dict(pairs)  # later (file-name) directives win over folder ones
+        fmt = "|".join("%" + code for code in values)
         try:
-            when = datetime.strptime("|".join(seen.values()), fmt)
+            when = datetime.strptime("|".join(values.values()), fmt)
         except ValueError:
             return None
-        # Every directive must agree with the time (a %Y%m%d folder holding a file whose %j
-        # names another day is not this time's file).
-        for code, value in zip(self._directives, match.groups(), strict=True):
-            if when.strftime("%" + code).lower() != value.lower():
-                return None
-        return when
+
+        def agrees(part: list[tuple[str, str]]) -> bool:
+            return all(when.strftime("%" + c).lower() == v.lower() for c, v in part)
+
+        if not agrees(pairs[self._n_dir :]):
+            return None  # the file name contradicts itself (e.g. %d and %j)
+        return ParsedPath(when, misplaced=not agrees(pairs[: self._n_dir]))
+
+    def __call__(self, relative_path: str) -> datetime | None:
+        """The valid time encoded in ``relative_path``, or ``None`` if it does not match."""
+        parsed = self.parse(relative_path)
+        return parsed.time if parsed else None
 
 
 def scan_archive(
@@ -200,6 +219,7 @@ def scan_archive(
     parser = PathTimeParser(path_fmt, fn_pattern, fn_ext)
     depth = path_fmt.strip("/").count("/") + 1 if path_fmt.strip("/") else 0
     found: dict[datetime, str] = {}
+    misplaced: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         level = 0 if rel_dir == "." else rel_dir.count(os.sep) + 1
@@ -209,9 +229,12 @@ def scan_archive(
             continue
         for name in filenames:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            when = parser(rel)
-            if when is None:
+            parsed = parser.parse(rel)
+            if parsed is None:
                 continue
+            when = parsed.time
+            if parsed.misplaced:
+                misplaced.append(rel)
             if (start is not None and when < start) or (end is not None and when > end):
                 continue
             path = os.path.join(dirpath, name)
@@ -225,6 +248,14 @@ def scan_archive(
         raise FileNotFoundError(
             f"no file under {root!r} matches the layout {parser.pattern!r}"
             + (f" between {start} and {end}" if start or end else "")
+        )
+    if misplaced:
+        log.warning(
+            "%d file(s) under %s lie in a folder that names another time than their file name "
+            "(e.g. %s); using the file name's time (pysteps' find_by_date would miss them)",
+            len(misplaced),
+            root,
+            misplaced[0],
         )
     times = pd.DatetimeIndex(sorted(found))
     step = pd.Timedelta(minutes=timestep_minutes)

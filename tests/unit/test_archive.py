@@ -26,10 +26,14 @@ def test_parser_reads_wildcards_and_day_of_year():
     parse = PathTimeParser(*MCH)
     assert parse("20160711/AQC161932245F_00005.801.gif") == datetime(2016, 7, 11, 22, 45)
     assert parse("20160711/AQC161932245L_00005.801.gif") == datetime(2016, 7, 11, 22, 45)
-    # Not the layout: wrong extension, wrong depth, directory and name disagree.
+    # Not the layout: wrong extension, wrong depth.
     assert parse("20160711/AQC161932245F_00005.801.png") is None
     assert parse("AQC161932245F_00005.801.gif") is None
-    assert parse("20160712/AQC161932245F_00005.801.gif") is None
+    # The file name decides; a folder naming another day flags the file as misplaced
+    # (pysteps-data keeps the 00:00 file of 2016-07-12 in the 20160711 folder).
+    parsed = parse.parse("20160711/AQC161940000V_00005.801.gif")
+    assert parsed.time == datetime(2016, 7, 12, 0, 0) and parsed.misplaced
+    assert not parse.parse("20160711/AQC161932245F_00005.801.gif").misplaced
 
 
 def test_parser_repeated_directives_and_nested_layout():
@@ -37,7 +41,9 @@ def test_parser_repeated_directives_and_nested_layout():
     assert parse("prcp-c10/66/2020/10/31/66_20201031_235000.prcp-c10.nc") == datetime(
         2020, 10, 31, 23, 50
     )
-    assert parse("prcp-c10/66/2020/10/30/66_20201031_235000.prcp-c10.nc") is None
+    assert parse.parse("prcp-c10/66/2020/10/30/66_20201031_235000.prcp-c10.nc").misplaced
+    # A file name contradicting itself is not of the layout.
+    assert PathTimeParser("", "%d_%j", "nc")("11_193.nc") is None  # day 193 of 1900 is 12 July
 
 
 def test_parser_rejects_layout_without_dates_and_unknown_directive():
@@ -45,6 +51,16 @@ def test_parser_rejects_layout_without_dates_and_unknown_directive():
         PathTimeParser("", "static", "nc")
     with pytest.raises(ValueError, match="unsupported strftime directive %Q"):
         PathTimeParser("", "x_%Q", "nc")
+
+
+def test_scan_keeps_misplaced_files_with_a_warning(tmp_path, caplog):
+    make_tree(tmp_path, pd.date_range("2016-07-11 23:50", periods=2, freq="5min"))
+    misplaced = tmp_path / "20160711" / "AQC161940000V_00005.801.gif"
+    misplaced.write_bytes(b"x")
+    listing = scan_archive(tmp_path, *MCH, timestep_minutes=5)
+    assert listing.times[-1] == pd.Timestamp("2016-07-12 00:00")
+    assert listing.paths[-1] == str(misplaced)
+    assert "names another time than their file name" in caplog.text
 
 
 def test_scan_finds_files_and_gaps(tmp_path):
