@@ -52,7 +52,7 @@ TINY_COUNTS = {
 def experiment_network(name: str) -> DGMR:
     cfg = compose_train_config([f"experiment={name}", "data.path=x.zarr"], output_dir="/tmp/x")
     with torch.device("meta"):
-        return instantiate(cfg.model)
+        return instantiate(cfg.network)
 
 
 @pytest.mark.parametrize(
@@ -310,7 +310,7 @@ def test_grid_cell_regulariser_by_hand():
 
 def test_model_configs_nest_their_targets():
     cfg = compose_train_config(["experiment=dgmr", "data.path=x.zarr"], output_dir="/tmp/x")
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = OmegaConf.to_container(cfg.network, resolve=True)
     assert model["_target_"] == "geogen.models.dgmr.DGMR"
     assert model["discriminator"]["context_frames"] == 4
     assert cfg.optimizer.generator.lr == 5e-5 and cfg.optimizer.discriminator.lr == 2e-4
