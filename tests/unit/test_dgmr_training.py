@@ -269,3 +269,27 @@ def test_fast_dev_run(store, tmp_path):
     result = run_train(small_config(store, tmp_path, "debug=fast_dev_run"))
     assert np.isfinite(result.metrics["train/g_loss"])
     assert (tmp_path / "panels" / "final.png").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu(store, tmp_path):
+    """Manual optimisation (3 backward passes per batch) under DDP: 2 CPU processes, gloo."""
+    cmd = [
+        str(Path(sys.executable).with_name("geogen-train")),
+        *SMALL,
+        f"data.path={store}",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=1",
+        "~callbacks.panels",
+        f"paths.log_dir={tmp_path}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "Starting with 2 processes" in log and "distributed_backend=gloo" in log
+    ckpt = Path(out.stdout.split("checkpoint: ")[1].split()[0])
+    state = torch.load(ckpt, weights_only=True)
+    assert state["global_step"] == 3 and state["geogen"]["model"] == "dgmr"
