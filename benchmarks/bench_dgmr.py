@@ -23,7 +23,9 @@ The peer's constructor switches on autograd anomaly detection for the whole proc
 its training step recomputes the generator with activation checkpointing and runs one more
 generator pass at its end; it is measured as shipped and, separately, with anomaly
 detection switched off again after construction (``peer_no_anomaly``). Its discriminators
-have fixed paper widths whatever the generator's width (see the parameter counts).
+have fixed paper widths whatever the generator's width, and its generator cannot be built
+below ``context_channels=128, latent_channels=256`` (geogen's width 8): at the tiny width
+the peer runs at those, larger than geogen's (see the parameter counts in the output).
 
 Each measurement runs in its own process, so peak memory (CUDA: ``max_memory_allocated``;
 CPU: the process's peak resident set, VmHWM) belongs to it alone.
@@ -54,7 +56,7 @@ PEER_REQUIREMENTS = [
 #: Installed with their (pure Python) dependencies.
 PEER_REQUIREMENTS_WITH_DEPS = ["requests"]
 #: Widths of the two configs: geogen's base_channels / latent channels, and the peer's
-#: equivalent (context_channels = 16 c, latent_channels = 32 c).
+#: equivalent (context_channels = 16 c, latent_channels = 32 c, at least 256 for the peer).
 CONFIGS = {
     "paper": {"base_channels": 24, "latent_channels": 8},
     "tiny": {"base_channels": 4, "latent_channels": 4},
@@ -257,11 +259,15 @@ def worker_peer(args) -> dict:
     device = torch.device(args.device)
     widths = CONFIGS[args.config]
     c = widths["base_channels"]
+    # The peer's smallest working widths: its latent stack has 8 input channels and a first
+    # L-block of latent_channels / 32 channels, which must not narrow (latent_channels >= 256;
+    # ours at width 4: 128), and its first conditioning D-block breaks (an unpooled shortcut)
+    # when it keeps 4 channels (context_channels >= 128; ours at width 4: 64).
     model = DGMR(
         forecast_steps=LEADS,
         output_shape=SIZE,
-        context_channels=16 * c,
-        latent_channels=32 * c,
+        context_channels=max(16 * c, 128),
+        latent_channels=max(32 * c, 256),
         num_samples=SAMPLES,
         generation_steps=SAMPLES,
     )
