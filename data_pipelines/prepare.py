@@ -467,15 +467,19 @@ def _load_task(
     size: int,
     factor: int | None,
 ) -> int:
-    f0, f1 = int(starts.min()), int(starts.max()) + length
-    frames = source.read_many(np.arange(f0, f1))
+    # Only the frames the part's windows use: an unreadable frame between two kept windows
+    # (on_bad_file=skip) is never read.
+    needed = np.unique(starts[:, None] + np.arange(length))
+    frames = source.read_many(needed)
+    position = {int(f): k for k, f in enumerate(needed)}
     group = zarr.open_group(store, mode="r+")
     data = group[variable]
     lowres = group[f"{variable}_lowres"] if factor else None
     stats = np.zeros((len(SPLITS), 5))
     stats[:, 3], stats[:, 4] = np.inf, -np.inf
     for sid, start, (y0, x0), split in zip(sample_ids, starts, corners, splits, strict=True):
-        crop = frames[start - f0 : start - f0 + length, y0 : y0 + size, x0 : x0 + size]
+        first = position[int(start)]  # the window's frames are consecutive in `needed`
+        crop = frames[first : first + length, y0 : y0 + size, x0 : x0 + size]
         data[int(sid)] = crop
         if lowres is not None:
             lowres[int(sid)] = block_mean(crop, factor)
