@@ -305,3 +305,19 @@ def test_resume_after_sigkill(tmp_path):
     result = build(out, **overrides)
     assert not result.skipped
     assert_same_store(clean, out)
+
+
+@pytest.mark.slow
+def test_existing_dask_cluster_by_address(tmp_path):
+    """dask.address=tcp://... runs the work on an existing cluster; same store as inline."""
+    from distributed import LocalCluster
+
+    inline = build(tmp_path / "inline.zarr").path
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        remote = build(tmp_path / "remote.zarr", dask={"address": cluster.scheduler_address}).path
+    assert_same_store(inline, remote)
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path):
+    with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        build(tmp_path / "x.zarr", dask={"address": "tcp://127.0.0.1:9", "connect_timeout": "1s"})
