@@ -78,3 +78,59 @@ def forecast(cfg: DictConfig) -> None:
     except (ForecastError, SourceError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     print(f"wrote {cfg.members}-member {cfg.model} forecast to {path}")
+
+
+def run_downscale(cfg: DictConfig) -> str:
+    """Read (or coarsen) the low-resolution input, downscale, write the file; return its path."""
+    from geogen.downscaling import (
+        coarsen,
+        downscale,
+        get_downscaler,
+        read_lowres_file,
+        read_sequence,
+        write_downscaled,
+    )
+
+    kwargs: dict[str, Any] = dict(to_plain(cfg.baseline).get(cfg.model) or {})
+    if cfg.ckpt:
+        kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
+    model = get_downscaler(cfg.model, **kwargs)
+    attrs: dict[str, Any] = {"provenance": _provenance(cfg)}
+    if cfg.input:
+        lowres = read_lowres_file(cfg.input, cfg.variable)
+        factor = cfg.factor
+        attrs["input_file"] = str(cfg.input)
+    else:
+        if cfg.time is None:
+            raise ValueError("give input=FILE, or source=... time=T to downscale archive frames")
+        source = to_plain(cfg.source)
+        region = OmegaConf.to_object(cfg.region) if cfg.region else None
+        truth = read_sequence(source, cfg.time, cfg.length, region=region)
+        lowres = coarsen(truth, cfg.coarsen)
+        factor = cfg.coarsen
+        attrs.update(source=source["name"], source_config=source, coarsened_from=cfg.coarsen)
+    log.info(
+        "%s: %d low-res frames of %s, factor %s",
+        cfg.model,
+        lowres.sizes["time"],
+        tuple(lowres.shape[1:]),
+        factor,
+    )
+    result = downscale(
+        model, lowres, members=cfg.members, factor=factor, seed=cfg.seed, progress=cfg.progress
+    )
+    return str(write_downscaled(result, cfg.out, lowres=lowres, **attrs))
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="downscale")
+def downscale(cfg: DictConfig) -> None:
+    """``geogen-downscale model=NAME (input=F | source=S time=T) out=F`` (conf/downscale.yaml)."""
+    from geogen.downscaling import DownscaleError
+    from geogen.forecasting import ForecastError
+    from geogen.io import SourceError
+
+    try:
+        path = run_downscale(cfg)
+    except (DownscaleError, ForecastError, SourceError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    print(f"wrote {cfg.members}-member {cfg.model} downscaling to {path}")
