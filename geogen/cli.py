@@ -134,3 +134,22 @@ def downscale(cfg: DictConfig) -> None:
     except (DownscaleError, ForecastError, SourceError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     print(f"wrote {cfg.members}-member {cfg.model} downscaling to {path}")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def train(cfg: DictConfig) -> None:
+    """``geogen-train experiment=NAME data.path=crops.zarr`` (see conf/train.yaml)."""
+    from geogen.io.store import StoreError
+    from geogen.training import TrainingError, run_train
+
+    try:
+        result = run_train(cfg)
+    except (TrainingError, StoreError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    if result.global_rank != 0:  # DDP: rank 0 reports
+        return
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.last_checkpoint and result.last_checkpoint != result.checkpoint:
+        print(f"last checkpoint: {result.last_checkpoint}")
+    print(f"outputs: {result.output_dir}")
