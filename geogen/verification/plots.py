@@ -277,7 +277,7 @@ def precip_colormap() -> tuple[Any, Any, list[float]]:
     from pysteps.visualization.precipfields import get_colormap
 
     cmap, norm, levels, _ = get_colormap("intensity", "mm/h", "pysteps")
-    cmap = cmap.with_extremes(bad="#d9d9d9")  # no data
+    cmap = cmap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))  # masked (dry): blank; no data: grey layer
     return cmap, norm, levels
 
 
