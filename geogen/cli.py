@@ -45,12 +45,16 @@ def run_forecast(cfg: DictConfig) -> str:
         kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
     model = get_forecaster(cfg.model, **kwargs)
     source = to_plain(cfg.source)
-    context = read_context(
-        source,
-        cfg.time,
-        model.n_context,
-        region=OmegaConf.to_object(cfg.region) if cfg.region else None,
-    )
+    region = OmegaConf.to_object(cfg.region) if cfg.region else None
+    margin = int(cfg.get("margin") or 0)
+    crop = (slice(None), slice(None))
+    if region is not None and margin > 0:
+        from geogen.forecasting import expand_region
+        from geogen.io import load_source
+
+        shape = load_source(source, cfg.time, cfg.time).grid.shape
+        region, crop = expand_region(region, margin, shape)
+    context = read_context(source, cfg.time, model.n_context, region=region)
     log.info(
         "%s: %d context frames ending %s, grid %s",
         cfg.model,
@@ -60,7 +64,7 @@ def run_forecast(cfg: DictConfig) -> str:
     )
     result = forecast(
         model, context, members=cfg.members, leads=cfg.leads, seed=cfg.seed, progress=cfg.progress
-    )
+    ).isel(y=crop[0], x=crop[1])
     path = write_forecast(
         result, cfg.out, provenance=_provenance(cfg), source_config=source, source=source["name"]
     )
@@ -153,3 +157,19 @@ def train(cfg: DictConfig) -> None:
     if result.last_checkpoint and result.last_checkpoint != result.checkpoint:
         print(f"last checkpoint: {result.last_checkpoint}")
     print(f"outputs: {result.output_dir}")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="score")
+def score(cfg: DictConfig) -> None:
+    """``geogen-score forecasts=[a.nc] out=DIR`` or ``store=S models=[..]`` (conf/score.yaml)."""
+    from geogen.forecasting import ForecastError
+    from geogen.io import SourceError, StoreError
+    from geogen.verification import VerificationError
+    from geogen.verification.app import run, validate_config
+
+    try:
+        config = validate_config(to_plain(cfg))
+        report = run(config, provenance=_provenance(cfg))
+    except (VerificationError, ForecastError, SourceError, StoreError, FileNotFoundError) as exc:
+        _fail(exc)
+    print(f"wrote scores and report to {report}")

@@ -46,12 +46,21 @@ class Forecaster(abc.ABC):
         Whether members differ (deterministic methods return identical members).
     timestep_minutes
         The time step the method was built for, or ``None`` when any step works.
+    grid_spacing_km
+        Pixel size of the coming contexts in km, when known (set through
+        :meth:`set_grid_spacing` by :func:`geogen.forecast` and the scorers); methods that
+        need it (STEPS' motion perturbations and incremental mask) read it here.
     """
 
     name: ClassVar[str] = ""
     n_context: int = 1
     stochastic: bool = False
     timestep_minutes: float | None = None
+    grid_spacing_km: float | None = None
+
+    def set_grid_spacing(self, km: float | None) -> None:
+        """Tell the method the pixel size (km) of the contexts it will get (``None``: unknown)."""
+        self.grid_spacing_km = None if km is None else float(km)
 
     @abc.abstractmethod
     def predict(

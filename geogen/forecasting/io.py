@@ -116,6 +116,32 @@ def read_context(
     return read_frames(src_cfg, issue - (n_context - 1) * step, issue, region=region)
 
 
+def expand_region(
+    region: Sequence[int] | None, margin: int, shape: tuple[int, int]
+) -> tuple[list[int] | None, tuple[slice, slice]]:
+    """A region grown by ``margin`` pixels on each side, clipped to the grid.
+
+    Forecasting a region from a larger context lets extrapolation methods bring in rain
+    from around it instead of leaving pixels advected in from outside empty (NaN).
+
+    Returns
+    -------
+    expanded
+        ``[y0, x0, height, width]`` of the larger window (``None`` when ``region`` is).
+    crop
+        ``(y slice, x slice)`` selecting the original region inside the larger window.
+    """
+    if region is None or margin <= 0:
+        return (None if region is None else [int(v) for v in region]), (slice(None), slice(None))
+    window = _check_region(region, shape)
+    assert window is not None
+    (ys, xs), (ny, nx) = window, shape
+    y0, x0 = max(ys.start - margin, 0), max(xs.start - margin, 0)
+    y1, x1 = min(ys.stop + margin, ny), min(xs.stop + margin, nx)
+    crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+    return [y0, x0, y1 - y0, x1 - x0], crop
+
+
 def read_observations(
     source: Mapping[str, Any] | str,
     issue_time: TimeLike,

@@ -313,5 +313,7 @@ def test_existing_dask_cluster_by_address(tmp_path):
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path):
-    with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+    with pytest.raises(
+        ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"
+    ):
         build(tmp_path / "x.zarr", dask={"address": "tcp://127.0.0.1:9", "connect_timeout": "1s"})
