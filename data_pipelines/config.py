@@ -106,6 +106,7 @@ class DaskConfig(_Strict):
     """Where the work runs: a local cluster (default) or an existing scheduler."""
 
     address: str | None = None
+    connect_timeout: str = "30s"
     n_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
@@ -126,8 +127,8 @@ class PrepareConfig(_Strict):
     source: dict[str, Any]
     task: TaskConfig
     out: str
-    start: str | None = None
-    end: str | None = None
+    start: str | int | None = None
+    end: str | int | None = None
     seed: int = 42
     overwrite: bool = False
     on_bad_file: Literal["raise", "skip"] = "raise"
@@ -140,6 +141,12 @@ class PrepareConfig(_Strict):
     dask: DaskConfig = Field(default_factory=DaskConfig)
     progress: bool = True
     paths: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, value: str | int | None) -> str | None:
+        # Hydra reads start=201607112200 as an int; keep it as the digits it was.
+        return None if value is None else str(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> PrepareConfig:

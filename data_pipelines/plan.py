@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,11 @@ import pandas as pd
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 SPLIT_NAMES = ("train", "val", "test")
 
-# Columns of the per-(frame, tile) statistics.
-STAT_NAN, STAT_WET, STAT_SOFT, STAT_SUM = range(4)
-N_STATS = 4
+# Columns of the per-(frame, tile) statistics: counts and sums add up over frames; the
+# extremes (min, max) combine by min/max.
+STAT_NAN, STAT_WET, STAT_SOFT, STAT_SUM, STAT_SQ, STAT_MIN, STAT_MAX = range(7)
+N_STATS = 7
+N_SUMS = 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,9 +90,10 @@ def tile_stats(
 ) -> np.ndarray:
     """Per-tile statistics of one frame.
 
-    The tiled region is cut into blocks of ``g = gcd(size, tile offsets)`` pixels, summed once
+    The tiled region is cut into blocks of ``g = gcd(size, tile offsets)`` pixels, reduced once
     with reshapes; each tile then adds up its ``(size / g)**2`` blocks through a small
-    summed-area table. Pixels outside every tile are never touched.
+    summed-area table (extremes: a min/max over the blocks). Pixels outside every tile are
+    never touched.
 
     Parameters
     ----------
@@ -105,8 +109,9 @@ def tile_stats(
     Returns
     -------
     numpy.ndarray
-        ``(n_tiles, 4)`` float64: count of NaN pixels, count of wet pixels, sum over valid
-        pixels of ``1 - exp(-x)`` (DGMR's saturating rain measure) and sum of ``x``.
+        ``(n_tiles, 7)`` float64: count of NaN pixels, count of wet pixels, sum over valid
+        pixels of ``1 - exp(-x)`` (DGMR's saturating rain measure), sum of ``x``, sum of
+        ``x**2``, min and max of ``x`` (``+inf``/``-inf`` for a tile with no valid pixel).
     """
     tiles = np.asarray(tiles, dtype=np.int64)
     if len(tiles) == 0:
@@ -118,24 +123,32 @@ def tile_stats(
     region = frame[y_min:y_max, x_min:x_max]
     valid = np.isfinite(region)
     x = np.where(valid, region, np.float32(0)).astype(np.float64)
-    layers = (
-        ~valid,
-        valid & (x >= rain_threshold),
-        -np.expm1(-np.maximum(x, 0.0)),
-        x,
-    )
     by, bx = region.shape[0] // g, region.shape[1] // g
-    blocks = np.stack(
+
+    def blocks(values: np.ndarray, reduce: Any = np.sum) -> np.ndarray:
+        return reduce(np.asarray(values).reshape(by, g, bx, g), axis=(1, 3))
+
+    sums = np.stack(
         [
-            np.asarray(layer, dtype=np.float64).reshape(by, g, bx, g).sum(axis=(1, 3))
-            for layer in layers
+            blocks(~valid),
+            blocks(valid & (x >= rain_threshold)),
+            blocks(-np.expm1(-np.maximum(x, 0.0))),
+            blocks(x),
+            blocks(x * x),
         ]
-    )
-    table = integral_image(blocks)
+    ).astype(np.float64)
+    table = integral_image(sums)
     y0, x0 = offsets[:, 0] // g, offsets[:, 1] // g
-    y1, x1 = y0 + size // g, x0 + size // g
-    sums = table[:, y1, x1] - table[:, y0, x1] - table[:, y1, x0] + table[:, y0, x0]
-    return sums.T
+    span = size // g
+    y1, x1 = y0 + span, x0 + span
+    out = np.empty((len(tiles), N_STATS))
+    out[:, :N_SUMS] = (table[:, y1, x1] - table[:, y0, x1] - table[:, y1, x0] + table[:, y0, x0]).T
+    low = blocks(np.where(valid, x, np.inf), np.min)
+    high = blocks(np.where(valid, x, -np.inf), np.max)
+    for k, (a, b) in enumerate(zip(y0, x0, strict=True)):
+        out[k, STAT_MIN] = low[a : a + span, b : b + span].min()
+        out[k, STAT_MAX] = high[a : a + span, b : b + span].max()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,9 +214,25 @@ def sequence_windows(
 
 
 def window_sums(frame_stats: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """Sum per-frame statistics over windows: ``(n_frames, ...)`` -> ``(n_windows, ...)``."""
-    csum = np.concatenate([np.zeros((1, *frame_stats.shape[1:])), np.cumsum(frame_stats, axis=0)])
-    return csum[starts + length] - csum[starts]
+    """Combine per-frame statistics over windows: ``(n_frames, ...)`` -> ``(n_windows, ...)``.
+
+    Columns add up, except :data:`STAT_MIN` and :data:`STAT_MAX` (when the last axis has
+    :data:`N_STATS` columns), which take the window's minimum and maximum.
+    """
+    sums = frame_stats[..., :N_SUMS] if frame_stats.shape[-1] == N_STATS else frame_stats
+    csum = np.concatenate([np.zeros((1, *sums.shape[1:])), np.cumsum(sums, axis=0)])
+    out = csum[starts + length] - csum[starts]
+    if frame_stats.shape[-1] != N_STATS:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(frame_stats, length, axis=0)[starts]
+    return np.concatenate(
+        [
+            out,
+            windows[..., STAT_MIN, :].min(-1)[..., None],
+            windows[..., STAT_MAX, :].max(-1)[..., None],
+        ],
+        axis=-1,
+    )
 
 
 # --------------------------------------------------------------------------------------------

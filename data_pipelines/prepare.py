@@ -134,13 +134,13 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         samples, counts = _stage_plan(cfg, source, frame_stats, bad, tiles, partial)
         timings["plan"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        part_stats = _stage_load(cfg, source, shared, samples, partial, runner)
+        _stage_load(cfg, source, shared, samples, partial, runner)
         timings["load"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     summary = _summary(cfg, source, samples, counts, bad, errors, tiles)
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    _finalise(cfg, source, partial, out, summary, part_stats, input_fp)
+    _finalise(cfg, source, partial, out, summary, _statistics(samples), input_fp)
     timings["finalise"] = time.perf_counter() - tic
     summary["timings_s"]["finalise"] = round(timings["finalise"], 3)
     return PrepareResult(out, summary, timings=timings)
@@ -193,8 +193,10 @@ def _stage_statistics(
     errors = np.asarray(group["_plan/frame_error"][:].tolist(), dtype=object)
     bad = errors != ""
     # Unreadable frames have NaN statistics; their windows are rejected through `bad`, and
-    # zeros keep the running sums over the other windows finite.
-    frame_stats = np.nan_to_num(group["_plan/frame_stats"][:], nan=0.0)
+    # neutral values (zero sums, infinite extremes) keep the other windows' numbers finite.
+    frame_stats = group["_plan/frame_stats"][:]
+    frame_stats[bad] = 0.0
+    frame_stats[bad, :, P.STAT_MIN], frame_stats[bad, :, P.STAT_MAX] = np.inf, -np.inf
     return frame_stats, bad, [e for e in errors if e], tiles
 
 
@@ -325,6 +327,12 @@ def plan_samples(
             "sample_prob": prob[w_idx, t_idx],
             "rain_fraction": rain_fraction[w_idx, t_idx],
             "nan_fraction": nan_fraction[w_idx, t_idx],
+            # Sums and extremes of the crop's values (for the store's statistics).
+            "count": n_pixels - sums[w_idx, t_idx, P.STAT_NAN],
+            "sum": sums[w_idx, t_idx, P.STAT_SUM],
+            "sumsq": sums[w_idx, t_idx, P.STAT_SQ],
+            "min": sums[w_idx, t_idx, P.STAT_MIN],
+            "max": sums[w_idx, t_idx, P.STAT_MAX],
         }
     )
     counts["sampling_method"] = method  # type: ignore[assignment]
@@ -402,13 +410,6 @@ def _stage_plan(
     progress.create_array(
         "load_done", shape=(max(n_parts, 1),), chunks=(1,), dtype=bool, fill_value=False
     )
-    progress.create_array(
-        "part_stats",
-        shape=(max(n_parts, 1), len(SPLITS), 5),
-        chunks=(1, len(SPLITS), 5),
-        dtype="float64",
-        fill_value=np.nan,
-    )
     group.attrs["planned_samples"] = n
     return samples, counts
 
@@ -423,10 +424,10 @@ def _stage_load(
     samples: pd.DataFrame,
     partial: Path,
     runner: Runner,
-) -> np.ndarray:
-    group = zarr.open_group(partial, mode="r+")
+) -> None:
     if samples.empty:
-        return np.zeros((0, len(SPLITS), 5))
+        return
+    group = zarr.open_group(partial, mode="r+")
     done = group["_progress/load_done"][:]
     n_parts = int(samples["part"].max()) + 1
     todo = np.flatnonzero(~done[:n_parts])
@@ -440,10 +441,9 @@ def _stage_load(
             str(partial),
             int(p),
             source.variable,
-            by_part[p].index.to_numpy(),
+            int(by_part[p].index[0]),
             by_part[p]["start"].to_numpy(),
             by_part[p][["y0", "x0"]].to_numpy(),
-            by_part[p]["split"].to_numpy(),
             cfg.length,
             cfg.crop.size,
             factor,
@@ -451,7 +451,6 @@ def _stage_load(
         for p in todo
     ]
     runner.run(_load_task, calls, description="crops", unit="part")
-    return group["_progress/part_stats"][:n_parts]
 
 
 def _load_task(
@@ -459,34 +458,30 @@ def _load_task(
     store: str,
     part: int,
     variable: str,
-    sample_ids: np.ndarray,
+    first_sample: int,
     starts: np.ndarray,
     corners: np.ndarray,
-    splits: np.ndarray,
     length: int,
     size: int,
     factor: int | None,
 ) -> int:
-    f0, f1 = int(starts.min()), int(starts.max()) + length
-    frames = source.read_many(np.arange(f0, f1))
+    # Only the frames the part's windows use: an unreadable frame between two kept windows
+    # (on_bad_file=skip) is never read.
+    needed = np.unique(starts[:, None] + np.arange(length))
+    frames = source.read_many(needed)
+    position = {int(f): k for k, f in enumerate(needed)}
+    crops = np.empty((len(starts), length, size, size), dtype=np.float32)
+    for k, (start, (y0, x0)) in enumerate(zip(starts, corners, strict=True)):
+        first = position[int(start)]  # the window's frames are consecutive in `needed`
+        crops[k] = frames[first : first + length, y0 : y0 + size, x0 : x0 + size]
+    # A part's samples are consecutive in the store: one write, chunks encoded concurrently.
     group = zarr.open_group(store, mode="r+")
-    data = group[variable]
-    lowres = group[f"{variable}_lowres"] if factor else None
-    stats = np.zeros((len(SPLITS), 5))
-    stats[:, 3], stats[:, 4] = np.inf, -np.inf
-    for sid, start, (y0, x0), split in zip(sample_ids, starts, corners, splits, strict=True):
-        crop = frames[start - f0 : start - f0 + length, y0 : y0 + size, x0 : x0 + size]
-        data[int(sid)] = crop
-        if lowres is not None:
-            lowres[int(sid)] = block_mean(crop, factor)
-        finite = crop[np.isfinite(crop)].astype(np.float64)
-        if finite.size:
-            stats[split] += [finite.size, finite.sum(), np.square(finite).sum(), 0, 0]
-            stats[split, 3] = min(stats[split, 3], finite.min())
-            stats[split, 4] = max(stats[split, 4], finite.max())
-    group["_progress/part_stats"][part] = stats
+    block = slice(first_sample, first_sample + len(starts))
+    group[variable][block] = crops
+    if factor:
+        group[f"{variable}_lowres"][block] = block_mean(crops, factor)
     group["_progress/load_done"][part] = True  # after the crops: marks the part complete
-    return len(sample_ids)
+    return len(starts)
 
 
 def block_mean(field: np.ndarray, factor: int) -> np.ndarray:
@@ -512,23 +507,22 @@ def block_mean(field: np.ndarray, factor: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # stage 4: finalise
 # --------------------------------------------------------------------------------------------
-def _statistics(part_stats: np.ndarray) -> dict[str, dict[str, float]]:
+def _statistics(samples: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Count, mean, std, min and max of the stored values per split (from the plan's sums)."""
     out: dict[str, dict[str, float]] = {}
-    if part_stats.size == 0:
-        return out
     for k, split in enumerate(SPLITS):
-        s = part_stats[:, k]
-        count = float(np.nansum(s[:, 0]))
+        rows = samples[samples["split"] == k]
+        count = float(rows["count"].sum())
         if count == 0:
             continue
-        mean = float(np.nansum(s[:, 1]) / count)
-        var = max(float(np.nansum(s[:, 2]) / count) - mean * mean, 0.0)
+        mean = float(rows["sum"].sum()) / count
+        var = max(float(rows["sumsq"].sum()) / count - mean * mean, 0.0)
         out[split] = {
             "count": count,
             "mean": mean,
             "std": float(np.sqrt(var)),
-            "min": float(np.nanmin(s[:, 3])),
-            "max": float(np.nanmax(s[:, 4])),
+            "min": float(rows["min"].min()),
+            "max": float(rows["max"].max()),
         }
     return out
 
@@ -572,7 +566,7 @@ def _finalise(
     partial: Path,
     out: Path,
     summary: dict[str, Any],
-    part_stats: np.ndarray,
+    statistics: dict[str, dict[str, float]],
     input_fp: str,
 ) -> None:
     group = zarr.open_group(partial, mode="r+")
@@ -593,7 +587,7 @@ def _finalise(
             "crop_size": cfg.crop.size,
             "grid": source.grid.to_attrs(),
             "split_counts": summary["split_counts"],
-            "statistics": _statistics(part_stats),
+            "statistics": statistics,
             "summary": summary,
             "config": _jsonable(cfg.model_dump()),
             "versions": _versions(),

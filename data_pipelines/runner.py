@@ -115,7 +115,7 @@ def open_runner(cfg: DaskConfig, progress: bool = True) -> Iterator[Runner]:
     if cfg.address:
         log.info("connecting to the Dask scheduler at %s", cfg.address)
         try:
-            client = Client(cfg.address, timeout="30s")
+            client = Client(cfg.address, timeout=cfg.connect_timeout)
         except OSError as exc:
             raise ConnectionError(
                 f"cannot reach the Dask scheduler at {cfg.address}: {exc}"

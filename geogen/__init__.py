@@ -13,6 +13,10 @@ def __getattr__(name: str):  # lazy: `import geogen` stays light (no torch, no p
         from geogen.forecasting import forecast
 
         return forecast
+    if name == "downscale":
+        from geogen.downscaling import downscale
+
+        return downscale
     if name == "open_source":
         from geogen.io import open_source
 

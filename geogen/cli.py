@@ -45,12 +45,16 @@ def run_forecast(cfg: DictConfig) -> str:
         kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
     model = get_forecaster(cfg.model, **kwargs)
     source = to_plain(cfg.source)
-    context = read_context(
-        source,
-        cfg.time,
-        model.n_context,
-        region=OmegaConf.to_object(cfg.region) if cfg.region else None,
-    )
+    region = OmegaConf.to_object(cfg.region) if cfg.region else None
+    margin = int(cfg.get("margin") or 0)
+    crop = (slice(None), slice(None))
+    if region is not None and margin > 0:
+        from geogen.forecasting import expand_region
+        from geogen.io import load_source
+
+        shape = load_source(source, cfg.time, cfg.time).grid.shape
+        region, crop = expand_region(region, margin, shape)
+    context = read_context(source, cfg.time, model.n_context, region=region)
     log.info(
         "%s: %d context frames ending %s, grid %s",
         cfg.model,
@@ -60,7 +64,7 @@ def run_forecast(cfg: DictConfig) -> str:
     )
     result = forecast(
         model, context, members=cfg.members, leads=cfg.leads, seed=cfg.seed, progress=cfg.progress
-    )
+    ).isel(y=crop[0], x=crop[1])
     path = write_forecast(
         result, cfg.out, provenance=_provenance(cfg), source_config=source, source=source["name"]
     )
@@ -80,6 +84,62 @@ def forecast(cfg: DictConfig) -> None:
     print(f"wrote {cfg.members}-member {cfg.model} forecast to {path}")
 
 
+def run_downscale(cfg: DictConfig) -> str:
+    """Read (or coarsen) the low-resolution input, downscale, write the file; return its path."""
+    from geogen.downscaling import (
+        coarsen,
+        downscale,
+        get_downscaler,
+        read_lowres_file,
+        read_sequence,
+        write_downscaled,
+    )
+
+    kwargs: dict[str, Any] = dict(to_plain(cfg.baseline).get(cfg.model) or {})
+    if cfg.ckpt:
+        kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
+    model = get_downscaler(cfg.model, **kwargs)
+    attrs: dict[str, Any] = {"provenance": _provenance(cfg)}
+    if cfg.input:
+        lowres = read_lowres_file(cfg.input, cfg.variable)
+        factor = cfg.factor
+        attrs["input_file"] = str(cfg.input)
+    else:
+        if cfg.time is None:
+            raise ValueError("give input=FILE, or source=... time=T to downscale archive frames")
+        source = to_plain(cfg.source)
+        region = OmegaConf.to_object(cfg.region) if cfg.region else None
+        truth = read_sequence(source, cfg.time, cfg.length, region=region)
+        lowres = coarsen(truth, cfg.coarsen)
+        factor = cfg.coarsen
+        attrs.update(source=source["name"], source_config=source, coarsened_from=cfg.coarsen)
+    log.info(
+        "%s: %d low-res frames of %s, factor %s",
+        cfg.model,
+        lowres.sizes["time"],
+        tuple(lowres.shape[1:]),
+        factor,
+    )
+    result = downscale(
+        model, lowres, members=cfg.members, factor=factor, seed=cfg.seed, progress=cfg.progress
+    )
+    return str(write_downscaled(result, cfg.out, lowres=lowres, **attrs))
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="downscale")
+def downscale(cfg: DictConfig) -> None:
+    """``geogen-downscale model=NAME (input=F | source=S time=T) out=F`` (conf/downscale.yaml)."""
+    from geogen.downscaling import DownscaleError
+    from geogen.forecasting import ForecastError
+    from geogen.io import SourceError
+
+    try:
+        path = run_downscale(cfg)
+    except (DownscaleError, ForecastError, SourceError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    print(f"wrote {cfg.members}-member {cfg.model} downscaling to {path}")
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def train(cfg: DictConfig) -> None:
     """``geogen-train experiment=NAME data.path=crops.zarr`` (see conf/train.yaml)."""
@@ -97,3 +157,19 @@ def train(cfg: DictConfig) -> None:
     if result.last_checkpoint and result.last_checkpoint != result.checkpoint:
         print(f"last checkpoint: {result.last_checkpoint}")
     print(f"outputs: {result.output_dir}")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="score")
+def score(cfg: DictConfig) -> None:
+    """``geogen-score forecasts=[a.nc] out=DIR`` or ``store=S models=[..]`` (conf/score.yaml)."""
+    from geogen.forecasting import ForecastError
+    from geogen.io import SourceError, StoreError
+    from geogen.verification import VerificationError
+    from geogen.verification.app import run, validate_config
+
+    try:
+        config = validate_config(to_plain(cfg))
+        report = run(config, provenance=_provenance(cfg))
+    except (VerificationError, ForecastError, SourceError, StoreError, FileNotFoundError) as exc:
+        _fail(exc)
+    print(f"wrote scores and report to {report}")

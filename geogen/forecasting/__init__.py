@@ -15,6 +15,7 @@ from geogen.forecasting.interface import (
     register_forecaster,
 )
 from geogen.forecasting.io import (
+    expand_region,
     lead_minutes,
     open_forecast,
     read_context,
@@ -27,6 +28,7 @@ __all__ = [
     "ForecastError",
     "Forecaster",
     "available_forecasters",
+    "expand_region",
     "forecast",
     "get_forecaster",
     "lead_minutes",

@@ -34,6 +34,21 @@ def _timestep_minutes(context: xr.DataArray) -> float:
     return float(steps[0])
 
 
+def grid_spacing_km(data: xr.DataArray) -> float | None:
+    """Pixel size in km of a projected grid (``x`` in metres or km), else ``None``.
+
+    Geographic grids (degrees) and data without an ``x`` coordinate give ``None``.
+    """
+    if "x" not in data.coords or data.sizes.get("x", 0) < 2:
+        return None
+    units = str(data["x"].attrs.get("units", "m")).strip().lower()
+    scale = {"m": 1e-3, "metre": 1e-3, "meter": 1e-3, "metres": 1e-3, "km": 1.0}.get(units)
+    if scale is None:
+        return None
+    x = np.asarray(data["x"].values, dtype=np.float64)
+    return float(abs(x[1] - x[0]) * scale)
+
+
 def forecast(
     model: Forecaster | str,
     context: xr.DataArray,
@@ -92,6 +107,7 @@ def forecast(
             f"is every {step:g} minutes"
         )
     frames = np.asarray(context.isel(time=slice(-model.n_context, None)).values, dtype=np.float32)
+    model.set_grid_spacing(grid_spacing_km(context))
     values = model.predict(
         frames, leads=leads, members=members, seed=seed, timestep_minutes=step, progress=progress
     )

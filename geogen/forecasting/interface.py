@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from geogen.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., Forecaster]] = {}
+log = logging.getLogger(__name__)
 
 
 class ForecastError(ValueError):
@@ -46,12 +46,21 @@ class Forecaster(abc.ABC):
         Whether members differ (deterministic methods return identical members).
     timestep_minutes
         The time step the method was built for, or ``None`` when any step works.
+    grid_spacing_km
+        Pixel size of the coming contexts in km, when known (set through
+        :meth:`set_grid_spacing` by :func:`geogen.forecast` and the scorers); methods that
+        need it (STEPS' motion perturbations and incremental mask) read it here.
     """
 
     name: ClassVar[str] = ""
     n_context: int = 1
     stochastic: bool = False
     timestep_minutes: float | None = None
+    grid_spacing_km: float | None = None
+
+    def set_grid_spacing(self, km: float | None) -> None:
+        """Tell the method the pixel size (km) of the contexts it will get (``None``: unknown)."""
+        self.grid_spacing_km = None if km is None else float(km)
 
     @abc.abstractmethod
     def predict(
@@ -94,42 +103,27 @@ class Forecaster(abc.ABC):
         return {"model": self.name}
 
 
+FORECASTERS: Registry[Forecaster] = Registry(
+    "forecast model",
+    error=ForecastError,
+    builtin_modules=(
+        "geogen.baselines.persistence",
+        "geogen.baselines.pysteps_methods",
+        "geogen.forecasting.learned",
+    ),
+)
+
+
 def register_forecaster(
     name: str,
 ) -> Callable[[Callable[..., Forecaster]], Callable[..., Forecaster]]:
     """Register a forecaster class (or factory) under ``name``."""
-
-    def decorator(factory: Callable[..., Forecaster]) -> Callable[..., Forecaster]:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"forecaster {name!r} is already registered")
-        if isinstance(factory, type):
-            factory.name = name  # type: ignore[misc]
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def _load_builtin() -> None:
-    """Import the modules whose forecasters register themselves."""
-    import importlib
-
-    for module in (
-        "geogen.baselines.persistence",
-        "geogen.baselines.pysteps_methods",
-        "geogen.forecasting.learned",
-    ):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency inside the module
-                raise
+    return FORECASTERS.register(name)
 
 
 def available_forecasters() -> list[str]:
     """Names of the registered forecasters."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return FORECASTERS.names()
 
 
 def get_forecaster(name: str, **kwargs: Any) -> Forecaster:
@@ -140,11 +134,4 @@ def get_forecaster(name: str, **kwargs: Any) -> Forecaster:
     ForecastError
         For an unknown name; the message lists the valid ones.
     """
-    _load_builtin()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ForecastError(
-            f"unknown forecast model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return factory(**kwargs)
+    return FORECASTERS.create(name, **kwargs)

@@ -10,10 +10,7 @@ temporary path and renamed, so a forecast file is either complete or absent.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import xarray as xr
 
 from geogen.forecasting.interface import ForecastError
 from geogen.io.sources import TimeLike, load_source, to_timestamp
+from geogen.io.writers import decode_json_attrs, json_attrs, open_dataset, write_dataset
 
 JSON_ATTRS = ("settings", "provenance", "source_config", "region")
 
@@ -118,6 +116,32 @@ def read_context(
     return read_frames(src_cfg, issue - (n_context - 1) * step, issue, region=region)
 
 
+def expand_region(
+    region: Sequence[int] | None, margin: int, shape: tuple[int, int]
+) -> tuple[list[int] | None, tuple[slice, slice]]:
+    """A region grown by ``margin`` pixels on each side, clipped to the grid.
+
+    Forecasting a region from a larger context lets extrapolation methods bring in rain
+    from around it instead of leaving pixels advected in from outside empty (NaN).
+
+    Returns
+    -------
+    expanded
+        ``[y0, x0, height, width]`` of the larger window (``None`` when ``region`` is).
+    crop
+        ``(y slice, x slice)`` selecting the original region inside the larger window.
+    """
+    if region is None or margin <= 0:
+        return (None if region is None else [int(v) for v in region]), (slice(None), slice(None))
+    window = _check_region(region, shape)
+    assert window is not None
+    (ys, xs), (ny, nx) = window, shape
+    y0, x0 = max(ys.start - margin, 0), max(xs.start - margin, 0)
+    y1, x1 = min(ys.stop + margin, ny), min(xs.stop + margin, nx)
+    crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+    return [y0, x0, y1 - y0, x1 - x0], crop
+
+
 def read_observations(
     source: Mapping[str, Any] | str,
     issue_time: TimeLike,
@@ -148,13 +172,13 @@ def _source_config(source: Mapping[str, Any] | str, overrides: Mapping[str, Any]
 # --------------------------------------------------------------------------------------------
 def forecast_to_dataset(forecast: xr.DataArray, **attrs: Any) -> xr.Dataset:
     """A forecast DataArray as a CF dataset with JSON-encoded nested attributes."""
-    ds = forecast.to_dataset(name=forecast.name or "precip")
-    var = ds[forecast.name or "precip"]
-    for key in list(var.attrs):
-        if key in JSON_ATTRS or isinstance(var.attrs[key], dict | list):
-            ds.attrs[key] = json.dumps(var.attrs.pop(key), default=str)
-    for key, value in attrs.items():
-        ds.attrs[key] = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+    name = forecast.name or "precip"
+    ds = forecast.to_dataset(name=name)
+    var = ds[name]
+    for key in [k for k in var.attrs if k in JSON_ATTRS or isinstance(var.attrs[k], dict | list)]:
+        ds.attrs[key] = var.attrs.pop(key)
+    ds.attrs.update(attrs)
+    ds.attrs = json_attrs(ds.attrs)
     ds.attrs.setdefault("Conventions", "CF-1.8")
     ds.attrs.setdefault("title", f"geogen precipitation nowcast ({var.attrs.get('model', '?')})")
     return ds
@@ -174,34 +198,19 @@ def write_forecast(
     **attrs
         Extra global attributes (provenance, source config; dicts become JSON strings).
     """
-    path = Path(path)
     ds = forecast if isinstance(forecast, xr.Dataset) else forecast_to_dataset(forecast, **attrs)
     name = "precip" if "precip" in ds else next(iter(ds.data_vars))
-    shape = ds[name].shape
-    time_encoding = {"units": "minutes since 1970-01-01 00:00:00", "dtype": "int64"}
-    encoding: dict[str, dict[str, Any]] = {
+    minutes = {"units": "minutes since 1970-01-01 00:00:00", "dtype": "int64"}
+    encoding = {
+        name: {"chunks": (1, 1, *ds[name].shape[2:])},
         "lead_time": {"units": "minutes", "dtype": "int32"},
-        "time": dict(time_encoding),
-        "issue_time": dict(time_encoding),
+        "time": dict(minutes),
+        "issue_time": dict(minutes),
     }
-    suffix = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".zarr":
-        encoding[name] = {"chunks": (1, 1, *shape[2:])}
-        with warnings.catch_warnings():
-            # "Consolidated metadata is currently not part in the Zarr format 3 specification"
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=3)
-    elif suffix in (".nc", ".nc4", ".netcdf"):
-        encoding[name] = {"zlib": True, "complevel": 4, "chunksizes": (1, 1, *shape[2:])}
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-    else:
-        raise ForecastError(f"unknown forecast file type {path.name!r}: use .nc or .zarr")
-    _remove(path)
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_dataset(ds, path, encoding)
+    except ValueError as exc:
+        raise ForecastError(str(exc)) from None
 
 
 def open_forecast(path: str | os.PathLike) -> xr.DataArray:
@@ -216,10 +225,7 @@ def open_forecast(path: str | os.PathLike) -> xr.DataArray:
     if not path.exists():
         raise ForecastError(f"no forecast file at {path}")
     try:
-        if path.suffix.lower() == ".zarr":
-            ds = xr.open_zarr(path, decode_timedelta=True)
-        else:
-            ds = xr.open_dataset(path, decode_timedelta=True)
+        ds = open_dataset(path)
     except Exception as exc:
         raise ForecastError(f"cannot open the forecast file {path}: {exc}") from exc
     if "precip" not in ds:
@@ -230,22 +236,10 @@ def open_forecast(path: str | os.PathLike) -> xr.DataArray:
             f"{path}: 'precip' has dims {da.dims}, expected member, lead_time, y, x"
         )
     da = da.transpose("member", "lead_time", "y", "x")
-    for key, value in ds.attrs.items():
-        if key in JSON_ATTRS and isinstance(value, str):
-            try:
-                da.attrs[key] = json.loads(value)
-            except json.JSONDecodeError:
-                da.attrs[key] = value
-        elif key not in da.attrs:
+    for key, value in decode_json_attrs(ds.attrs, JSON_ATTRS).items():
+        if key in JSON_ATTRS or key not in da.attrs:
             da.attrs[key] = value
     return da
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def lead_minutes(forecast: xr.DataArray) -> np.ndarray:

@@ -307,16 +307,58 @@ def find_files_between(
                 f"no file of the layout {path_fmt}/{fn_pattern}.{fn_ext} under {root!r} "
                 f"between {start} and {end}"
             ) from exc
-    present = [(pd.Timestamp(t), p) for t, p in zip(stamps, paths, strict=True) if p is not None]
-    missing = pd.DatetimeIndex(
-        [pd.Timestamp(t) for t, p in zip(stamps, paths, strict=True) if p is None]
-    )
+    found = {pd.Timestamp(t): p for t, p in zip(stamps, paths, strict=True) if p is not None}
+    wanted = [pd.Timestamp(t) for t in stamps]
+    absent = [t for t in wanted if t not in found]
+    found.update(_misplaced_files(root, path_fmt, fn_pattern, fn_ext, absent))
+    times = sorted(found)
     return ArchiveListing(
-        times=pd.DatetimeIndex([t for t, _ in present]),
-        paths=[p for _, p in present],
+        times=pd.DatetimeIndex(times),
+        paths=[found[t] for t in times],
         timestep=step,
-        missing=missing,
+        missing=pd.DatetimeIndex([t for t in wanted if t not in found]),
     )
+
+
+def _misplaced_files(
+    root: str | os.PathLike,
+    path_fmt: str,
+    fn_pattern: str,
+    fn_ext: str,
+    missing: list[pd.Timestamp],
+) -> dict[pd.Timestamp, str]:
+    """Files for ``missing`` times kept in the folder of the day before or after.
+
+    pysteps-data keeps MeteoSwiss' 00:00 file in the previous day's folder, where
+    ``find_by_date`` does not look; the file name decides the time (as in
+    :func:`scan_archive`).
+    """
+    if not missing or not path_fmt.strip("/"):
+        return {}
+    parser = PathTimeParser(path_fmt, fn_pattern, fn_ext)
+    wanted = set(missing)
+    listed: dict[str, list[str]] = {}
+    found: dict[pd.Timestamp, str] = {}
+    for when in missing:
+        for shift in (pd.Timedelta(days=-1), pd.Timedelta(days=1)):
+            folder = (when + shift).strftime(path_fmt.strip("/"))
+            if folder not in listed:
+                try:
+                    listed[folder] = os.listdir(os.path.join(root, folder))
+                except OSError:
+                    listed[folder] = []
+            for name in listed[folder]:
+                parsed = parser.parse(f"{folder}/{name}")
+                if parsed is not None and pd.Timestamp(parsed.time) in wanted:
+                    found.setdefault(pd.Timestamp(parsed.time), os.path.join(root, folder, name))
+    if found:
+        log.warning(
+            "%d file(s) lie in the folder of another day than their file name says (e.g. %s); "
+            "using them for the time in their name",
+            len(found),
+            next(iter(found.values())),
+        )
+    return found
 
 
 def missing_times(

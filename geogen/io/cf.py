@@ -102,7 +102,14 @@ def crs_variable(crs: str) -> xr.DataArray:
     except Exception:  # pragma: no cover - some custom projections have no CF mapping
         attrs = {"crs_wkt": parsed.to_wkt()}
     attrs = {k: v for k, v in attrs.items() if isinstance(v, str | int | float)}
-    attrs["proj4"] = crs if crs.lstrip().startswith("+") else parsed.to_proj4()
+    if crs.lstrip().startswith("+"):
+        attrs["proj4"] = crs
+    else:
+        with warnings.catch_warnings():
+            # "You will likely lose important projection information" (EPSG codes); crs_wkt
+            # holds the full definition.
+            warnings.simplefilter("ignore", UserWarning)
+            attrs["proj4"] = parsed.to_proj4()
     return xr.DataArray(np.int32(0), attrs=attrs)
 
 

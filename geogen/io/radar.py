@@ -91,6 +91,11 @@ class RadarSourceConfig(BaseModel):
     timestep: float = Field(gt=0, description="minutes between files")
     importer_kwargs: dict[str, Any] = Field(default_factory=dict)
     zr: ZR | None = None
+    grid_registration: Literal["corner", "centre"] = Field(
+        default="corner",
+        description="what the importer's x1/x2/y1/y2 are: outer corners (pysteps' convention) "
+        "or centres of the outer cells (bom_rf3 reports the files' CF coordinate variables)",
+    )
     description: str = ""
     provider: str = ""
 
@@ -203,7 +208,7 @@ class RadarSource(Source):
                     raise
                 errors.append(str(exc))
                 continue
-            grid = grid_from_metadata(meta, rate.shape, path)
+            grid = grid_from_metadata(meta, rate.shape, path, self.spec.grid_registration)
             reference = {
                 "shape": rate.shape,
                 "x1": meta["x1"],
@@ -241,11 +246,19 @@ class RadarSource(Source):
         return self.paths[index]
 
 
-def grid_from_metadata(meta: Mapping[str, Any], shape: tuple[int, ...], path: str = "") -> Grid:
-    """Cell-centre coordinates from pysteps importer metadata.
+def grid_from_metadata(
+    meta: Mapping[str, Any],
+    shape: tuple[int, ...],
+    path: str = "",
+    registration: str = "corner",
+) -> Grid:
+    """Cell-centre coordinates (metres) and projection from pysteps importer metadata.
 
-    pysteps gives the outer corners ``x1, x2, y1, y2``, pixel sizes and ``yorigin``; row 0 is
-    the northern edge when ``yorigin == "upper"``.
+    pysteps gives ``x1, x2, y1, y2``, pixel sizes and ``yorigin`` (row 0 is the northern edge
+    when ``"upper"``). With ``registration="corner"`` (pysteps' convention) they are the outer
+    corners of the grid; with ``"centre"`` they are the centres of the outer cells. Grids in
+    kilometres (KNMI: ``+a=6378.137`` in km, which pyproj cannot relate to the Earth) are
+    converted to metres, projection included.
     """
     try:
         x1, y1, y2 = float(meta["x1"]), float(meta["y1"]), float(meta["y2"])
@@ -254,10 +267,31 @@ def grid_from_metadata(meta: Mapping[str, Any], shape: tuple[int, ...], path: st
     except KeyError as exc:
         raise BadFileError(path, f"the importer's metadata lacks {exc}") from None
     ny, nx = shape
-    x = x1 + (np.arange(nx) + 0.5) * dx
+    offset = 0.5 if registration == "corner" else 0.0
+    x = x1 + (np.arange(nx) + offset) * dx
     if meta.get("yorigin", "upper") == "upper":
-        y = y2 - (np.arange(ny) + 0.5) * dy
+        y = y2 - (np.arange(ny) + offset) * dy
     else:
-        y = y1 + (np.arange(ny) + 0.5) * dy
+        y = y1 + (np.arange(ny) + offset) * dy
     unit = str(meta.get("cartesian_unit", "m"))
+    if unit == "km":
+        x, y = x * 1000.0, y * 1000.0
+        projection = _proj4_km_to_m(projection)
+        unit = "m"
     return Grid(x=x, y=y, crs=projection, units="degrees" if unit.startswith("deg") else unit)
+
+
+_LENGTH_PARAMS = ("a", "b", "R", "x_0", "y_0")
+
+
+def _proj4_km_to_m(projection: str) -> str:
+    """Rewrite a proj4 string whose lengths are in km (ellipsoid, false easting) in metres."""
+    parts = []
+    for token in projection.split():
+        key, _, value = token.lstrip("+").partition("=")
+        if key in _LENGTH_PARAMS and value:
+            token = f"+{key}={float(value) * 1000.0:.12g}"
+        elif key == "units":
+            continue
+        parts.append(token)
+    return " ".join([*parts, "+units=m"])

@@ -54,6 +54,9 @@ class BadFileError(SourceError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
+
 
 def register_source(kind: str) -> Callable[[type[Source]], type[Source]]:
     """Class decorator registering a :class:`Source` subclass under ``kind``."""
@@ -94,6 +97,8 @@ def to_timestamp(value: TimeLike) -> pd.Timestamp | None:
     """Parse ``2016-07-11T22:00``, ``201607112200``, datetimes or ``None``."""
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # 201607112200 from a command line, not nanoseconds since 1970
     if isinstance(value, str) and value.isdigit() and len(value) in (8, 10, 12, 14):
         fmt = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(value)]
         return pd.Timestamp(datetime.strptime(value, fmt))

@@ -42,7 +42,7 @@ def test_persistence_repeats_the_last_frame(context):
 def test_registry_errors_list_valid_names():
     assert "persistence" in available_forecasters()
     with pytest.raises(
-        ForecastError, match="unknown forecast model 'magic'; valid models: .*persistence"
+        ForecastError, match="unknown forecast model 'magic'; valid forecast models: .*persistence"
     ):
         get_forecaster("magic")
 

@@ -46,8 +46,14 @@ def test_tile_stats_equal_brute_force():
             (crop[valid] >= 0.5).sum(),
             (1 - np.exp(-crop[valid])).sum(),
             crop[valid].sum(),
+            (crop[valid] ** 2).sum(),
+            crop[valid].min(),
+            crop[valid].max(),
         ]
         np.testing.assert_allclose(row, expected, rtol=1e-9, atol=1e-9)
+    all_nan = P.tile_stats(np.full((16, 16), np.nan), np.array([[0, 0]]), 16, 0.1)[0]
+    assert all_nan[P.STAT_NAN] == 256 and all_nan[P.STAT_MIN] == np.inf
+    assert all_nan[P.STAT_MAX] == -np.inf
 
 
 def test_sequence_windows_rejects_gaps_never_shifts():
@@ -80,6 +86,17 @@ def test_window_sums_equal_loop():
     sums = P.window_sums(stats, starts, 4)
     for s, got in zip(starts, sums, strict=True):
         np.testing.assert_allclose(got, stats[s : s + 4].sum(0))
+
+
+def test_window_extremes():
+    rng = np.random.default_rng(2)
+    stats = rng.random((12, 2, P.N_STATS))
+    starts = np.array([0, 3, 8])
+    out = P.window_sums(stats, starts, 4)
+    for s, got in zip(starts, out, strict=True):
+        np.testing.assert_allclose(got[:, : P.N_SUMS], stats[s : s + 4, :, : P.N_SUMS].sum(0))
+        np.testing.assert_array_equal(got[:, P.STAT_MIN], stats[s : s + 4, :, P.STAT_MIN].min(0))
+        np.testing.assert_array_equal(got[:, P.STAT_MAX], stats[s : s + 4, :, P.STAT_MAX].max(0))
 
 
 def test_dgmr_acceptance_formula():

@@ -1,0 +1,374 @@
+"""Plots of scores, diagrams and forecasts (matplotlib, pysteps' precipitation colours).
+
+Every function takes tidy tables or arrays, writes one PNG (or GIF) and returns its path;
+nothing here computes a score. Precipitation fields use
+:func:`pysteps.visualization.precipfields.get_colormap` (``intensity``, ``mm/h``,
+``pysteps`` colour scale) with pysteps' conventions: rain below 0.1 mm/h is blank and
+no-data pixels are grey.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Metrics drawn against lead time, with their axis label and whether higher is better.
+SKILL_METRICS: dict[str, str] = {
+    "csi": "CSI",
+    "pod": "POD",
+    "far": "FAR",
+    "bias": "frequency bias",
+    "fss": "FSS",
+    "crps": "CRPS (mm/h)",
+    "brier": "Brier score",
+    "spread_skill": "spread-skill ratio",
+    "rank_flatness": "rank histogram flatness (RI)",
+    "mae": "MAE of the ensemble mean (mm/h)",
+    "rmse": "RMSE of the ensemble mean (mm/h)",
+}
+RAIN_MIN = 0.1  # mm/h: below this pysteps draws no colour
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(models: Sequence[str]) -> dict[str, Any]:
+    plt = _pyplot()
+    cycle = plt.get_cmap("tab10")
+    return {m: cycle(i % 10) for i, m in enumerate(models)}
+
+
+def _save(fig: Any, path: Path, dpi: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _panel_label(row: pd.Series) -> str:
+    parts = []
+    if np.isfinite(row["threshold"]):
+        parts.append(
+            f">{row['threshold']:g} mm/h"
+            if row["metric"] in _CAT
+            else f"≥{row['threshold']:g} mm/h"
+        )
+    if row["metric"] in ("fss",):
+        parts.append(f"{int(row['scale'])} px")
+    elif row["pooling"] != "none":
+        parts.append(f"{row['pooling']} pool {int(row['scale'])} px")
+    elif row["metric"] == "crps":
+        parts.append("per pixel")
+    return ", ".join(parts) or row["metric"]
+
+
+_CAT = ("csi", "pod", "far", "bias", "hss", "ets")
+
+
+def plot_skill(
+    scores: pd.DataFrame,
+    metric: str,
+    path: Path,
+    *,
+    models: Sequence[str] | None = None,
+    dpi: int = 90,
+    scales: Sequence[int] | None = None,
+) -> Path | None:
+    """Score vs lead time, one panel per threshold/scale/pooling, one line per model.
+
+    Shaded bands are the bootstrap confidence intervals (when there are several cases).
+    """
+    plt = _pyplot()
+    data = scores[scores["metric"] == metric]
+    if metric == "fss":
+        available = sorted(set(data["scale"]))
+        if scales is None and len(available) > 3:  # smallest, middle and largest
+            scales = [available[0], available[len(available) // 2], available[-1]]
+        if scales is not None:
+            data = data[data["scale"].isin(scales)]
+    if data.empty:
+        return None
+    models = list(models or dict.fromkeys(data["model"]))
+    colours = _colours(models)
+    panels = data.drop_duplicates(["threshold", "scale", "pooling"]).sort_values(
+        ["pooling", "scale", "threshold"]
+    )
+    n = len(panels)
+    n_thr = panels["threshold"].nunique()
+    cols = n_thr if n_thr > 1 and n % n_thr == 0 else min(n, 3 if n > 4 else n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    for ax, (_, panel) in zip(axes.ravel(), panels.iterrows(), strict=False):
+        sel = data[
+            (data["scale"] == panel["scale"])
+            & (data["pooling"] == panel["pooling"])
+            & (
+                (data["threshold"] == panel["threshold"])
+                | (data["threshold"].isna() & np.isnan(panel["threshold"]))
+            )
+        ]
+        for model in models:
+            line = sel[sel["model"] == model].sort_values("lead_time")
+            if line.empty:
+                continue
+            ax.plot(line["lead_time"], line["value"], marker=".", color=colours[model], label=model)
+            if line["ci_low"].notna().any():
+                ax.fill_between(
+                    line["lead_time"],
+                    line["ci_low"],
+                    line["ci_high"],
+                    color=colours[model],
+                    alpha=0.2,
+                )
+        ax.set_title(_panel_label(panel), fontsize=9)
+        ax.set_xlabel("lead time (min)")
+        ax.set_ylabel(SKILL_METRICS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes.ravel()[0].legend(fontsize=8)
+    fig.suptitle(SKILL_METRICS.get(metric, metric))
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _nearest_leads(available: Sequence[int], wanted: Sequence[int]) -> list[int]:
+    available = sorted(set(int(a) for a in available))
+    if not available:
+        return []
+    picked = [min(available, key=lambda a: abs(a - w)) for w in wanted]
+    return list(dict.fromkeys(picked))
+
+
+def plot_rank_histograms(
+    diagrams: pd.DataFrame, path: Path, *, leads: Sequence[int], dpi: int = 90
+) -> Path | None:
+    """Rank histograms: one row per model, one column per lead time."""
+    plt = _pyplot()
+    data = diagrams[diagrams["diagram"] == "rank_histogram"]
+    if data.empty:
+        return None
+    models = list(dict.fromkeys(data["model"]))
+    chosen = _nearest_leads(data["lead_time"], leads)
+    fig, axes = plt.subplots(
+        len(models), len(chosen), figsize=(3.2 * len(chosen), 2.4 * len(models)), squeeze=False
+    )
+    for i, model in enumerate(models):
+        for j, lead in enumerate(chosen):
+            ax = axes[i, j]
+            sel = data[(data["model"] == model) & (data["lead_time"] == lead)].sort_values("x")
+            k = len(sel)
+            ax.bar(sel["x"], sel["y"], width=0.9, color="steelblue")
+            if k:
+                ax.axhline(1.0 / k, color="k", lw=0.8, ls="--")
+            ax.set_title(f"{model}, +{lead} min", fontsize=9)
+            ax.set_xlabel("rank of the observation")
+            ax.set_ylabel("frequency")
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_reliability(
+    diagrams: pd.DataFrame,
+    path: Path,
+    *,
+    leads: Sequence[int],
+    thresholds: Sequence[float] | None = None,
+    dpi: int = 90,
+) -> Path | None:
+    """Reliability diagrams: rows are lead times, columns thresholds, lines models."""
+    plt = _pyplot()
+    data = diagrams[diagrams["diagram"] == "reliability"]
+    if data.empty:
+        return None
+    models = list(dict.fromkeys(data["model"]))
+    colours = _colours(models)
+    thr = sorted(set(data["threshold"])) if thresholds is None else list(thresholds)
+    chosen = _nearest_leads(data["lead_time"], leads)
+    fig, axes = plt.subplots(
+        len(chosen), len(thr), figsize=(2.9 * len(thr), 2.9 * len(chosen)), squeeze=False
+    )
+    for i, lead in enumerate(chosen):
+        for j, t in enumerate(thr):
+            ax = axes[i, j]
+            ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
+            for model in models:
+                sel = data[
+                    (data["model"] == model)
+                    & (data["lead_time"] == lead)
+                    & (data["threshold"] == t)
+                ]
+                ok = sel["x"].notna() & sel["y"].notna()
+                ax.plot(
+                    sel["x"][ok], sel["y"][ok], marker="o", ms=3, color=colours[model], label=model
+                )
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"≥{t:g} mm/h, +{lead} min", fontsize=9)
+            ax.set_xlabel("forecast probability")
+            ax.set_ylabel("observed frequency")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_rapsd(
+    diagrams: pd.DataFrame,
+    path: Path,
+    *,
+    leads: Sequence[int],
+    pixel_size_km: float | None = None,
+    dpi: int = 90,
+) -> Path | None:
+    """Radially averaged power spectra of forecasts (member mean) and observations."""
+    plt = _pyplot()
+    data = diagrams[diagrams["diagram"].isin(["rapsd_forecast", "rapsd_observation"])]
+    data = data[np.isfinite(data["x"])]
+    if data.empty:
+        return None
+    models = list(dict.fromkeys(data["model"]))
+    colours = _colours(models)
+    chosen = _nearest_leads(data["lead_time"], leads)
+    scale = pixel_size_km or 1.0
+    unit = "km" if pixel_size_km else "pixels"
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.4), squeeze=False)
+    for ax, lead in zip(axes[0], chosen, strict=False):
+        obs = data[
+            (data["diagram"] == "rapsd_observation")
+            & (data["lead_time"] == lead)
+            & (data["model"] == models[0])
+        ]
+        ax.loglog(obs["x"] * scale, obs["y"], color="k", lw=2, label="observation")
+        for model in models:
+            sel = data[
+                (data["diagram"] == "rapsd_forecast")
+                & (data["lead_time"] == lead)
+                & (data["model"] == model)
+            ]
+            ax.loglog(sel["x"] * scale, sel["y"], color=colours[model], label=model)
+        ax.invert_xaxis()
+        ax.set_xlabel(f"wavelength ({unit})")
+        ax.set_ylabel("power")
+        ax.set_title(f"+{lead} min", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def precip_colormap() -> tuple[Any, Any, list[float]]:
+    """Pysteps' intensity colour map for mm/h: ``(cmap, norm, levels)``."""
+    from pysteps.visualization.precipfields import get_colormap
+
+    cmap, norm, levels, _ = get_colormap("intensity", "mm/h", "pysteps")
+    cmap = cmap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))  # masked (dry): blank; no data: grey layer
+    return cmap, norm, levels
+
+
+def _nodata(field: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(field), 1.0, np.nan)
+
+
+def _rain(field: np.ndarray) -> np.ma.MaskedArray:
+    return np.ma.masked_where(~(field >= RAIN_MIN), field)  # dry and no-data: no colour
+
+
+def _show_field(ax: Any, field: np.ndarray, cmap: Any, norm: Any) -> tuple[Any, Any]:
+    """Draw a rain field: grey where no data, blank below 0.1 mm/h, pysteps colours above."""
+    nodata = ax.imshow(_nodata(field), cmap="Greys", vmin=0, vmax=4, interpolation="nearest")
+    image = ax.imshow(_rain(field), cmap=cmap, norm=norm, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return nodata, image
+
+
+def plot_forecast_panel(
+    example: Any, model: str, path: Path, *, leads: Sequence[int], dpi: int = 90
+) -> Path | None:
+    """Observation, a few members and the ensemble mean of one model at some lead times."""
+    plt = _pyplot()
+    if example is None or model not in example.members:
+        return None
+    chosen = _nearest_leads(example.lead_minutes, leads)
+    order = [example.lead_minutes.index(lead) for lead in chosen]
+    members = example.members[model]
+    n_members = members[0].shape[0]
+    rows = [("observation", [example.observation[i] for i in order])]
+    for m in range(n_members):
+        rows.append((f"member {m}", [members[i][m] for i in order]))
+    if n_members > 1:
+        rows.append(("ensemble mean", [example.mean[model][i] for i in order]))
+    cmap, norm, levels = precip_colormap()
+    fig, axes = plt.subplots(
+        len(rows), len(chosen), figsize=(2.6 * len(chosen) + 1, 2.5 * len(rows)), squeeze=False
+    )
+    image = None
+    for r, (label, fields) in enumerate(rows):
+        for c, field in enumerate(fields):
+            _, image = _show_field(axes[r, c], field, cmap, norm)
+            if r == 0:
+                axes[r, c].set_title(f"+{chosen[c]} min", fontsize=9)
+        axes[r, 0].set_ylabel(label)
+    fig.suptitle(f"{model}: {example.case}")
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes, ticks=levels, shrink=0.8)
+        bar.set_label("rain rate (mm/h)")
+    return _save(fig, path, dpi)
+
+
+def animate_members(
+    example: Any, model: str, path: Path, *, dpi: int = 70, fps: float = 3.0
+) -> Path | None:
+    """A GIF: the observation beside the members of ``model``, one frame per lead time."""
+    plt = _pyplot()
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    if example is None or model not in example.members:
+        return None
+    members = example.members[model]
+    n_members = members[0].shape[0]
+    cmap, norm, _ = precip_colormap()
+    fig, axes = plt.subplots(1, n_members + 1, figsize=(2.6 * (n_members + 1), 2.9), squeeze=False)
+    axes = axes[0]
+    titles = ["observation"] + [f"{model} member {m}" for m in range(n_members)]
+
+    def fields(frame: int) -> list[np.ndarray]:
+        return [example.observation[frame]] + [members[frame][m] for m in range(n_members)]
+
+    images = []
+    for ax, field, title in zip(axes, fields(0), titles, strict=True):
+        images.append(_show_field(ax, field, cmap, norm))
+        ax.set_title(title, fontsize=8)
+    heading = fig.suptitle("", fontsize=9)
+
+    def draw(frame: int) -> list[Any]:
+        for (nodata, image), field in zip(images, fields(frame), strict=True):
+            nodata.set_data(_nodata(field))
+            image.set_data(_rain(field))
+        heading.set_text(f"+{example.lead_minutes[frame]} min")
+        return [im for pair in images for im in pair]
+
+    anim = FuncAnimation(fig, draw, frames=len(example.lead_minutes), blit=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,92 @@
+"""pysteps reference forecasters: motion recovery, seeds, no-data handling, settings."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import geogen
+from geogen.forecasting import ForecastError, available_forecasters, get_forecaster
+
+pytest.importorskip("pysteps")
+
+
+def moving_blobs(n_frames=4, shape=(64, 64), shift=2, seed=0):
+    """Smooth rain cells moving ``shift`` pixels per frame to the east (mm/h)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1] + 40]
+    field = np.zeros(yy.shape)
+    for _ in range(12):
+        cy, cx = rng.uniform(8, shape[0] - 8), rng.uniform(0, xx.shape[1])
+        field += rng.uniform(2, 15) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0**2))
+    frames = [field[:, 40 - shift * t : 40 - shift * t + shape[1]] for t in range(n_frames + 6)]
+    return np.stack(frames).astype(np.float32)
+
+
+def as_context(frames):
+    times = pd.date_range("2020-01-01T00:00", periods=len(frames), freq="5min")
+    x = np.arange(frames.shape[2]) * 1000.0
+    y = np.arange(frames.shape[1])[::-1] * 1000.0
+    return xr.DataArray(
+        frames,
+        dims=("time", "y", "x"),
+        coords={"time": times, "x": ("x", x, {"units": "m"}), "y": ("y", y, {"units": "m"})},
+    )
+
+
+def test_registered():
+    assert {"pysteps_extrapolation", "pysteps_sprog", "pysteps_steps"} <= set(
+        available_forecasters()
+    )
+
+
+def test_extrapolation_follows_the_motion():
+    frames = moving_blobs()
+    fc = geogen.forecast("pysteps_extrapolation", as_context(frames[:4]), members=2, leads=3)
+    assert fc.shape == (2, 3, 64, 64) and fc.attrs["model"] == "pysteps_extrapolation"
+    np.testing.assert_array_equal(fc.values[0], fc.values[1])  # deterministic: repeated
+    truth = frames[4:7]
+    inner = (slice(None), slice(8, -8), slice(12, -8))
+    err_extrap = np.nanmean(np.abs(fc.values[0] - truth)[inner])
+    err_persist = np.nanmean(np.abs(frames[3] - truth)[inner])
+    assert err_extrap < 0.35 * err_persist
+    # pixels advected in from outside the grid (west edge) are NaN (pysteps' outval)
+    assert np.isnan(fc.values[0, 2, :, :2]).all()
+    assert np.isfinite(fc.values[0, 2, 8:-8, 20:]).all()
+
+
+def test_steps_is_seeded_and_keeps_the_domain():
+    frames = moving_blobs()
+    frames[:, :5, :5] = np.nan  # outside the radar domain
+    ctx = as_context(frames[:4])
+    a = geogen.forecast("pysteps_steps", ctx, members=3, leads=2, seed=3)
+    b = geogen.forecast("pysteps_steps", ctx, members=3, leads=2, seed=3)
+    c = geogen.forecast("pysteps_steps", ctx, members=3, leads=2, seed=4)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert not np.array_equal(a.values, c.values, equal_nan=True)
+    assert not np.array_equal(a.values[0], a.values[1], equal_nan=True)  # members differ
+    assert np.isnan(a.values[..., :5, :5]).all()
+    assert np.nanmin(a.values) >= 0 and a.attrs["settings"]["noise_method"] == "nonparametric"
+
+
+def test_sprog_deterministic_and_smooth():
+    frames = moving_blobs()
+    fc = geogen.forecast("pysteps_sprog", as_context(frames[:4]), members=2, leads=2)
+    np.testing.assert_array_equal(fc.values[0], fc.values[1])
+    assert np.nanmax(fc.values) > 1
+
+
+def test_settings_and_context_requirements():
+    assert get_forecaster("pysteps_extrapolation", motion="darts").n_context == 10
+    assert get_forecaster("pysteps_steps", ar_order=3).n_context == 4
+    with pytest.raises(ForecastError, match="invalid settings for pysteps_steps .*n_cascade"):
+        get_forecaster("pysteps_steps", n_cascades=3)
+    with pytest.raises(ForecastError, match="motion: Input should be"):
+        get_forecaster("pysteps_extrapolation", motion="magic")
+    steps = get_forecaster("pysteps_steps")
+    with pytest.raises(ForecastError, match="pixel size in km"):
+        steps.predict(moving_blobs()[:3], leads=1, members=2, seed=0, timestep_minutes=5)
+    with pytest.raises(ForecastError, match="needs 3 context frames, got 2"):
+        get_forecaster("pysteps_extrapolation").predict(
+            moving_blobs()[:2], leads=1, members=1, seed=0, timestep_minutes=5
+        )
