@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # geogen's main job on the bundled defaults, from a fresh clone:
-#   set up .venv -> prepare nowcasting crops from the sample radar data -> reference nowcasts
-#   (persistence, pysteps extrapolation, pysteps STEPS) for the held-back case -> score every
-#   forecast in $OUT/forecasts against the archive -> plots and report.md.
+#   set up .venv -> prepare nowcasting crops from the sample radar data -> train DGMR (tiny
+#   width, a few minutes on CPU) -> reference nowcasts (persistence, pysteps extrapolation,
+#   pysteps STEPS) and a 20-member DGMR ensemble for the held-back case -> score every forecast
+#   in $OUT/forecasts against the archive -> plots and report.md.
 # Data: $GEOGEN_DATA, else ../shared/data/pysteps-data, else pysteps' example-data download
 # (GEOGEN_DOWNLOAD=1 fetches it; needs internet). Outputs go to $GEOGEN_DEMO_DIR (outputs/demo).
 set -euo pipefail
@@ -19,7 +20,7 @@ echo "[demo] outputs:    $OUT"
 
 # 1. Crops for nowcasting: MeteoSwiss, 4 + 18 frames of 5 min, 256 x 256 crops every 128 px,
 #    DGMR importance sampling tuned for a small archive; the 2016-07-11 event is held back.
-echo "[demo] 1/3 prepare crops (geogen-prepare)"
+echo "[demo] 1/5 prepare crops (geogen-prepare)"
 geogen-prepare source=mch paths.radar_root="$DATA" out="$OUT/mch_nowcast.zarr" \
     crop.stride=128 sampling=small_archive split.method=ranges \
     'split.ranges.test=[["2016-07-11T00:00","2016-07-12T06:00"]]' \
@@ -27,7 +28,18 @@ geogen-prepare source=mch paths.radar_root="$DATA" out="$OUT/mch_nowcast.zarr" \
 
 echo "[demo]      crop store at $OUT/mch_nowcast.zarr (open it with xarray.open_zarr)"
 
-# 2. Reference nowcasts for the held-back case: issue time 2016-07-11 22:00 UTC, the 256 x 256
+# 2. DGMR at a small width (experiment=dgmr_tiny) on the training split (the 2015-05-15 event),
+#    for a bounded time (GEOGEN_DEMO_TRAIN_TIME, default 4 minutes; a GAN this short-trained
+#    makes noisy forecasts: the point is the pipeline). The store has no validation split (the
+#    archive holds two events: one trains, one is held back), so validation is skipped.
+TRAIN_DIR="$OUT/train/dgmr_tiny"
+rm -rf "$TRAIN_DIR"
+echo "[demo] 2/5 train dgmr_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00} on CPU)"
+geogen-train experiment=dgmr_tiny data.path="$OUT/mch_nowcast.zarr" \
+    trainer.max_time="${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00}" trainer.max_epochs=100 \
+    callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$TRAIN_DIR"
+
+# 3. Reference nowcasts for the held-back case: issue time 2016-07-11 22:00 UTC, the 256 x 256
 #    window [y0=160, x0=320] of the MeteoSwiss grid, 18 leads of 5 min. The window is where the
 #    rain is at 22:00-23:30 (26% of its pixels >= 0.1 mm/h at issue time, 34% over the leads,
 #    no missing pixels): the rainiest 256 x 256 window of the composite without no-data.
@@ -37,7 +49,7 @@ echo "[demo]      crop store at $OUT/mch_nowcast.zarr (open it with xarray.open_
 CASE=(time=2016-07-11T22:00 'region=[160,320,256,256]' leads=18 paths.radar_root="$DATA")
 FORECASTS="$OUT/forecasts"
 mkdir -p "$FORECASTS"
-echo "[demo] 2/3 reference forecasts (geogen-forecast) -> $FORECASTS"
+echo "[demo] 3/5 reference forecasts (geogen-forecast) -> $FORECASTS"
 geogen-forecast model=persistence members=1 "${CASE[@]}" out="$FORECASTS/persistence.nc" \
     progress=false hydra.run.dir="$OUT/logs/forecast-persistence"
 geogen-forecast model=pysteps_extrapolation members=1 margin=96 "${CASE[@]}" \
@@ -46,10 +58,17 @@ geogen-forecast model=pysteps_extrapolation members=1 margin=96 "${CASE[@]}" \
 geogen-forecast model=pysteps_steps members=20 seed=24 margin=96 "${CASE[@]}" \
     out="$FORECASTS/pysteps_steps.nc" progress=false hydra.run.dir="$OUT/logs/forecast-steps"
 
-# 3. Scores of every forecast against the archive, plots and the report (GIFs off here: the
+# 4. A 20-member DGMR ensemble for the same case, straight from the raw archive (the generator
+#    is fully convolutional: the window is forecast as it is).
+echo "[demo] 4/5 20-member DGMR forecast (geogen-forecast model=dgmr)"
+geogen-forecast model=dgmr ckpt="$TRAIN_DIR/checkpoints/last.ckpt" members=20 "${CASE[@]}" \
+    out="$FORECASTS/dgmr.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr"
+
+# 5. Scores of every forecast against the archive, plots and the report (GIFs off here: the
 #    scoring process crashed at exit after writing them, see the README).
-echo "[demo] 3/3 score every forecast in $FORECASTS (geogen-score)"
+echo "[demo] 5/5 score every forecast in $FORECASTS (geogen-score)"
 geogen-score "forecasts=['$FORECASTS/*.nc']" paths.radar_root="$DATA" out="$OUT/scores" plots.gif=false \
     progress=false hydra.run.dir="$OUT/logs/score"
 
-echo "[demo] done: report at $OUT/scores/report.md (scores.csv, plots/ beside it)"
+echo "[demo] done: report at $OUT/scores/report.md (scores.csv, plots/ beside it); DGMR run in"
+echo "[demo]       $TRAIN_DIR (checkpoints/, panels/)"

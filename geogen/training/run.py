@@ -3,7 +3,7 @@
 The run is four config choices wired together, as in anemoi and the lightning-hydra template:
 
 - ``data``: a :class:`~geogen.data.CropDataModule` (``_target_``);
-- ``model``: the network, a pure ``nn.Module`` (``_target_``, nested targets allowed);
+- ``network``: the network, a pure ``nn.Module`` (``_target_``, nested targets allowed);
 - ``method``: the training recipe, a LightningModule that receives the built network, the
   optimizer factories (``optimizer``, ``_partial_: true``) and the network's config;
 - ``trainer``, ``callbacks``, ``logger``: Lightning.
@@ -88,12 +88,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     Raises
     ------
     TrainingError
-        Naming the field and what was expected: no model/method/optimizer chosen, no
+        Naming the field and what was expected: no network/method chosen, no
         ``data.path``, a store that does not exist or is incomplete, a ``ckpt_path`` that does
         not exist, a config group entry without ``_target_``.
     """
     experiments = ", ".join(available_experiments()) or "none shipped"
-    for group in ("model", "method"):
+    for group in ("network", "method"):
         node = cfg.get(group)
         if node is None:
             raise TrainingError(
@@ -154,14 +154,14 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data)
-    network = instantiate(cfg.model)
+    network = instantiate(cfg.network)
     optimizer = None
     if cfg.get("optimizer") is not None:
         if "_target_" in cfg.optimizer:
             optimizer = instantiate(cfg.optimizer)
         else:
             optimizer = {role: instantiate(node) for role, node in cfg.optimizer.items()}
-    network_config = OmegaConf.to_container(cfg.model, resolve=True)
+    network_config = OmegaConf.to_container(cfg.network, resolve=True)
     # A partial first, so that Hydra does not instantiate the network config's _target_.
     method_factory = instantiate(cfg.method, _partial_=True)
     method = method_factory(network=network, optimizer=optimizer, network_config=network_config)
@@ -200,7 +200,7 @@ def run_train(cfg: DictConfig) -> TrainResult:
     log.info(
         "training %s (%s) on %s; outputs in %s",
         type(method).__name__,
-        cfg.model._target_,
+        cfg.network._target_,
         cfg.data.path,
         output_dir,
     )

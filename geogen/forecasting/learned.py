@@ -1,0 +1,255 @@
+"""Learned forecasters: trained checkpoints behind the :class:`Forecaster` interface.
+
+``dgmr``: a checkpoint written by ``geogen-train experiment=dgmr`` (or ``dgmr_tiny``)::
+
+    from geogen.forecasting import forecast, get_forecaster
+
+    model = get_forecaster("dgmr", ckpt="last.ckpt", device="auto", batch_members=4)
+    ensemble = forecast(model, context, members=20, leads=18, seed=0)
+
+or ``geogen-forecast model=dgmr ckpt=last.ckpt source=mch time=... members=20 out=fc.nc``.
+
+How the context is handled (``predict``):
+
+- missing pixels (NaN) are filled with the training store's ``nan_fill`` (0 mm/h), values are
+  mapped to model space with the training transform;
+- the domain is zero-padded (no rain) at the bottom and right to multiples of 32, forecast,
+  and cropped back: any domain of at least 32 x 32 pixels works (the paper forecasts
+  1536 x 1280 with a model trained on 256 x 256 crops);
+- members are generated ``batch_members`` at a time (memory-bounded); member ``m`` draws its
+  latent noise from a generator seeded with ``(seed, m)``, so a member does not depend on the
+  batch it was computed in and the same seed gives the same ensemble;
+- the output is mapped back to mm/h and set to NaN where the issue-time frame has no data
+  (outside the radar domain), as the context cannot say anything there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geogen.forecasting.interface import Forecaster, ForecastError, register_forecaster
+
+log = logging.getLogger(__name__)
+
+#: Smallest domain side (pixels) a DGMR forecast accepts.
+MIN_DOMAIN = 32
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (checkpoint provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other values as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_geogen_checkpoint(path: str | os.PathLike, expected_model: str) -> dict[str, Any]:
+    """Read a geogen training checkpoint and check that it holds ``expected_model``.
+
+    Raises
+    ------
+    ForecastError
+        When the file is missing or unreadable, is not a geogen checkpoint, or holds another
+        model.
+    """
+    from geogen.methods.base import CHECKPOINT_KEY
+
+    path = Path(path)
+    if not path.is_file():
+        raise ForecastError(f"no checkpoint file at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ForecastError(f"cannot read the checkpoint {path}: {exc}") from exc
+    meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not meta:
+        raise ForecastError(
+            f"{path} is not a geogen checkpoint (no {CHECKPOINT_KEY!r} entry; write one with "
+            "geogen-train)"
+        )
+    if meta.get("model") != expected_model:
+        raise ForecastError(
+            f"{path} is a checkpoint of model {meta.get('model')!r}, not {expected_model!r}; "
+            f"use geogen-forecast model={meta.get('model')}"
+        )
+    for key in ("network_config", "data"):
+        if not meta.get(key):
+            raise ForecastError(f"{path}: the checkpoint's {CHECKPOINT_KEY}.{key} is empty")
+    return checkpoint
+
+
+@register_forecaster("dgmr")
+class DGMRForecaster(Forecaster):
+    """Ensemble nowcasts with a trained DGMR generator.
+
+    Parameters
+    ----------
+    ckpt
+        Checkpoint written by ``geogen-train experiment=dgmr`` (or ``dgmr_tiny``).
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    batch_members
+        Ensemble members generated per forward pass (bounds memory).
+    precision
+        ``"32"`` or ``"bf16"`` (autocast on CUDA).
+    """
+
+    stochastic = True
+
+    def __init__(
+        self,
+        ckpt: str | os.PathLike | None = None,
+        device: str = "auto",
+        batch_members: int = 4,
+        precision: str = "32",
+    ) -> None:
+        from hydra.utils import instantiate
+
+        if ckpt is None:
+            raise ForecastError("model=dgmr needs a checkpoint: ckpt=PATH (from geogen-train)")
+        if int(batch_members) < 1:
+            raise ForecastError(f"batch_members must be >= 1, got {batch_members}")
+        if precision not in ("32", "bf16"):
+            raise ForecastError(f"precision must be '32' or 'bf16', got {precision!r}")
+        checkpoint = load_geogen_checkpoint(ckpt, "dgmr")
+        meta = checkpoint["geogen"]
+        self.ckpt = str(ckpt)
+        self.checkpoint_sha256 = sha256_file(ckpt)
+        self.meta = meta
+        self.data = dict(meta["data"])
+        self.device = resolve_device(device)
+        self.batch_members = int(batch_members)
+        self.precision = precision
+        network_config = meta["network_config"]
+        generator_config = network_config.get("generator")
+        if not isinstance(generator_config, dict) or "_target_" not in generator_config:
+            raise ForecastError(f"{ckpt}: the network config has no generator to build")
+        try:
+            generator = instantiate(generator_config)
+        except Exception as exc:
+            raise ForecastError(f"{ckpt}: cannot build the generator: {exc}") from exc
+        prefix = "network.generator."
+        state = {
+            key[len(prefix) :]: value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith(prefix)
+        }
+        try:
+            generator.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ForecastError(
+                f"{ckpt}: the weights do not fit the network config stored with them: {exc}"
+            ) from exc
+        self.generator = generator.to(self.device).eval()
+        self.n_context = int(generator.context_frames)
+        self.timestep_minutes = float(self.data["timestep_minutes"])
+        if self.data.get("context") not in (None, self.n_context):
+            raise ForecastError(
+                f"{ckpt}: trained on {self.data['context']} context frames but the generator "
+                f"takes {self.n_context}"
+            )
+        spec = dict(self.data.get("transform") or {"name": "identity"})
+        from geogen.data.transforms import get_transform
+
+        self.transform = get_transform(spec.pop("name"), **spec)
+        log.info(
+            "dgmr: %s (sha256 %s), %d context frames every %g min, on %s",
+            ckpt,
+            self.checkpoint_sha256[:12],
+            self.n_context,
+            self.timestep_minutes,
+            self.device,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Model name, checkpoint path and SHA-256, network config, training data, settings."""
+        return {
+            "model": self.name,
+            "checkpoint": self.ckpt,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "network_config": self.meta.get("network_config"),
+            "training_data": self.data,
+            "versions": self.meta.get("versions"),
+            "batch_members": self.batch_members,
+            "precision": self.precision,
+            "padding": "zero (no rain) to multiples of 32, cropped back",
+        }
+
+    def _latent(self, seed: int, member: int, height: int, width: int) -> torch.Tensor:
+        """Member ``member``'s latent noise, independent of batching and device."""
+        state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return self.generator.sample_latent(1, height, width, generator=generator)[0]
+
+    def predict(
+        self,
+        context: np.ndarray,
+        *,
+        leads: int,
+        members: int,
+        seed: int,
+        timestep_minutes: float,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """``(member, lead, y, x)`` mm/h from ``context`` ``(time, y, x)`` mm/h (see module doc)."""
+        context = np.asarray(context, dtype=np.float32)
+        if context.ndim != 3:
+            raise ForecastError(f"context must be (time, y, x), got shape {context.shape}")
+        if context.shape[0] < self.n_context:
+            raise ForecastError(
+                f"dgmr needs {self.n_context} context frames, got {context.shape[0]}"
+            )
+        if not np.isclose(timestep_minutes, self.timestep_minutes):
+            raise ForecastError(
+                f"dgmr was trained on {self.timestep_minutes:g}-minute steps; the context is "
+                f"every {timestep_minutes:g} minutes"
+            )
+        context = context[-self.n_context :]
+        ny, nx = context.shape[1:]
+        if ny < MIN_DOMAIN or nx < MIN_DOMAIN:
+            raise ForecastError(
+                f"domain of {ny} x {nx} pixels is too small for dgmr: at least "
+                f"{MIN_DOMAIN} x {MIN_DOMAIN} (region=[y0,x0,height,width])"
+            )
+        no_data = ~np.isfinite(context[-1])
+        filled = np.where(np.isfinite(context), context, np.float32(self.data.get("nan_fill", 0)))
+        model_space = np.asarray(self.transform.forward(filled), dtype=np.float32)
+        pad_y, pad_x = (-ny) % 32, (-nx) % 32
+        zero = float(self.transform.forward(np.float32(0.0)))
+        padded = np.pad(model_space, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=zero)
+        inputs = torch.from_numpy(padded)[None].to(self.device)
+        height, width = padded.shape[1:]
+        out = np.empty((members, leads, ny, nx), dtype=np.float32)
+        batches = range(0, members, self.batch_members)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="dgmr members", unit="batch")
+        autocast = self.precision == "bf16" and self.device.type == "cuda"
+        with torch.inference_mode():
+            for start in batches:
+                stop = min(start + self.batch_members, members)
+                z = torch.stack(
+                    [self._latent(seed, m, height, width) for m in range(start, stop)]
+                ).to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    frames = self.generator(inputs.expand(stop - start, -1, -1, -1), leads, z=z)
+                values = self.transform.inverse(frames[..., :ny, :nx].float()).cpu().numpy()
+                out[start:stop] = np.maximum(values, 0.0)
+        out[:, :, no_data] = np.nan
+        return out
