@@ -8,8 +8,8 @@ width below is given for the paper's value.
 Generator (:class:`Generator`), for 4 context frames of ``H x W`` (multiples of 32):
 
 - context conditioning stack: per frame, space-to-depth (``H/2 x W/2 x 4``) and four residual
-  down-blocks of 24, 48, 96 and 192 channels; the frames' features are concatenated over time
-  (96, 192, 384, 768 channels) and mixed by spectrally normalised 3x3 convolutions with ReLU
+  down-blocks of 48, 96, 192 and 384 channels; the frames' features are concatenated over time
+  (192, 384, 768, 1536 channels) and mixed by spectrally normalised 3x3 convolutions with ReLU
   into the initial states of the sampler: ``H/4 x W/4 x 48``, ``H/8 x W/8 x 96``,
   ``H/16 x W/16 x 192``, ``H/32 x W/32 x 384``;
 - latent conditioning stack: ``z ~ N(0, 1)`` of shape ``(8, H/32, W/32)``, drawn
@@ -87,7 +87,9 @@ class ConditioningStack(nn.Module):
     context_frames
         Number of context frames ``T`` (4).
     base_channels
-        ``c``: per-frame blocks have ``c, 2c, 4c, 8c`` channels, the states ``2c .. 16c``.
+        ``c``: per-frame blocks and states have ``2c, 4c, 8c, 16c`` channels (48 .. 384 for the
+        paper's ``c = 24``, as in DeepMind's pseudocode: ``DBlock(output_channels=48)`` per
+        frame, then ``SNConv2D(output_channels=48)`` over the 4 frames' concatenation).
     in_channels
         Channels per frame (1 for rain rate).
     """
@@ -96,12 +98,12 @@ class ConditioningStack(nn.Module):
         super().__init__()
         self.context_frames, self.in_channels = context_frames, in_channels
         c = base_channels
-        widths = [4 * in_channels, c, 2 * c, 4 * c, 8 * c]
+        widths = [4 * in_channels, 2 * c, 4 * c, 8 * c, 16 * c]
         self.blocks = nn.ModuleList(
             DBlock(widths[i], widths[i + 1], downsample=True) for i in range(4)
         )
         self.mixing = nn.ModuleList(
-            conv2d(context_frames * widths[i + 1], 2 * widths[i + 1], 3) for i in range(4)
+            conv2d(context_frames * widths[i + 1], widths[i + 1], 3) for i in range(4)
         )
 
     def forward(self, context: torch.Tensor) -> list[torch.Tensor]:

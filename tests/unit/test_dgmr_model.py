@@ -28,24 +28,24 @@ from geogen.training import compose_train_config
 
 #: Parameter counts, pinned. Paper widths (base_channels=24) and experiment=dgmr_tiny.
 PAPER_COUNTS = {
-    "generator": 47_492_317,
-    "generator.conditioning_stack": 4_210_440,
+    "generator": 53_067_157,
+    "generator.conditioning_stack": 9_785_280,
     "generator.latent_stack": 7_228_305,
     "generator.sampler": 36_053_572,
     "discriminator": 43_521_890,
     "discriminator.spatial": 21_614_065,
     "discriminator.temporal": 21_907_825,
-    "total": 91_014_207,
+    "total": 96_589_047,
 }
 TINY_COUNTS = {
-    "generator": 1_322_873,
-    "generator.conditioning_stack": 117_340,
+    "generator": 1_478_013,
+    "generator.conditioning_stack": 272_480,
     "generator.latent_stack": 201_401,
     "generator.sampler": 1_004_132,
     "discriminator": 1_212_050,
     "discriminator.spatial": 601_705,
     "discriminator.temporal": 610_345,
-    "total": 2_534_923,
+    "total": 2_690_063,
 }
 
 
@@ -69,13 +69,14 @@ def test_paper_layout_widths():
     with torch.device("meta"):
         gen = Generator()
     stack = gen.conditioning_stack
-    # per-frame D blocks 24/48/96/192, mixing convs 4 x that -> 48/96/192/384 states
-    assert [b.out_channels for b in stack.blocks] == [24, 48, 96, 192]
+    # DeepMind's pseudocode: per-frame DBlock(48/96/192/384), then SNConv2D to the same width
+    # over the concatenation of the 4 frames -> 48/96/192/384-channel states
+    assert [b.out_channels for b in stack.blocks] == [48, 96, 192, 384]
     assert [(m.in_channels, m.out_channels) for m in stack.mixing] == [
-        (96, 48),
-        (192, 96),
-        (384, 192),
-        (768, 384),
+        (192, 48),
+        (384, 96),
+        (768, 192),
+        (1536, 384),
     ]
     assert [g.hidden_channels for g in gen.sampler.grus] == [384, 192, 96, 48]
     assert [g.input_channels for g in gen.sampler.grus] == [768, 384, 192, 96]
