@@ -65,8 +65,9 @@ class _FlowMixin:
         threshold = float(self.hparams.dry_threshold)
         rain = self.transform.inverse(values.float()).clamp_min(0.0)
         rain, _ = dequantize_dry(rain, threshold, generator)
-        with torch.enable_grad():
-            rain = rain.detach().requires_grad_(True)
+        # d flow / d rain, elementwise, by autograd (also under Lightning's inference mode)
+        with torch.inference_mode(False), torch.enable_grad():
+            rain = rain.detach().clone().requires_grad_(True)
             flow_values = self.transform.forward(rain)
             (derivative,) = torch.autograd.grad(flow_values.sum(), rain)
         log_jacobian = torch.log(derivative.abs()).flatten(1).sum(1)

@@ -239,3 +239,160 @@ def test_bad_inputs_are_refused():
         downscaler.sample(torch.rand(1, 3, 4, 4))
     with pytest.raises(ValueError, match="target must be"):
         downscaler.log_prob(torch.rand(1, 2, 4, 4), torch.rand(1, 2, 8, 8))
+
+
+# -- training on synthetic stores, checkpoints, forecaster and downscaler ------------------------
+
+#: Flows small enough for unit tests.
+NOWCAST = (
+    "experiment=flow_nowcast_tiny",
+    "network.levels=2",
+    "network.steps=2",
+    "network.hidden=8",
+    "network.condition_hidden=4",
+    "network.lead_frames=3",
+    "method.train_crop=16",
+    "data.batch_size=2",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "callbacks.panels.every_n_batches=0",
+    "test=true",
+)
+DOWNSCALE = (
+    "experiment=flow_downscale_tiny",
+    "network.frames=4",
+    "network.factor=4",
+    "network.levels=2",
+    "network.steps=2",
+    "network.hidden=8",
+    "network.condition_hidden=4",
+    "data.batch_size=2",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "test=true",
+)
+
+
+@pytest.fixture(scope="module")
+def nowcast_run(tmp_path_factory):
+    from conftest import prepare_config, synthetic_source
+
+    from data_pipelines.config import validate_prepare_config
+    from data_pipelines.prepare import prepare
+    from geogen.training import compose_train_config, run_train
+
+    root = tmp_path_factory.mktemp("flow_nowcast")
+    cfg = prepare_config(
+        root / "crops.zarr",
+        source=synthetic_source(shape=[32, 32], n_times=40),
+        crop={"size": 32, "stride": 32},
+        sequence={"context": 4, "lead": 3, "length": None, "stride": 1},
+    )
+    store = prepare(validate_prepare_config(cfg)).path
+    train_cfg = compose_train_config([*NOWCAST, f"data.path={store}"], output_dir=root / "run")
+    return run_train(train_cfg)
+
+
+@pytest.fixture(scope="module")
+def downscale_run(tmp_path_factory):
+    from conftest import downscale_overrides, prepare_config, synthetic_source
+
+    from data_pipelines.config import validate_prepare_config
+    from data_pipelines.prepare import prepare
+    from geogen.training import compose_train_config, run_train
+
+    root = tmp_path_factory.mktemp("flow_downscale")
+    cfg = prepare_config(
+        root / "pairs.zarr",
+        source=synthetic_source(shape=[32, 32], n_times=40),
+        **downscale_overrides(factor=4, size=16, length=4),
+    )
+    store = prepare(validate_prepare_config(cfg)).path
+    train_cfg = compose_train_config([*DOWNSCALE, f"data.path={store}"], output_dir=root / "run")
+    return run_train(train_cfg)
+
+
+def test_nowcast_training_logs_bits_per_dim_and_checkpoints(nowcast_run):
+    assert np.isfinite(nowcast_run.metrics["train/bpd"])
+    (test,) = nowcast_run.test_metrics
+    assert np.isfinite(test["test/bpd"]) and np.isfinite(test["test/bpd_rain"])
+    # nll (nats, summed over 3 leads of 32 x 32) and bpd describe the same number
+    assert test["test/nll"] / (3 * 32 * 32 * math.log(2)) == pytest.approx(test["test/bpd"], 1e-4)
+    checkpoint = torch.load(nowcast_run.last_checkpoint, weights_only=True)
+    meta = checkpoint["geogen"]
+    assert meta["model"] == "flow" and meta["data"]["task"] == "nowcast"
+    assert meta["network_config"]["_target_"] == "geogen.models.flow.FlowNowcaster"
+    assert meta["data"]["transform"]["name"] == "log1p"
+    assert all(bool(v) for k, v in checkpoint["state_dict"].items() if k.endswith("initialized"))
+
+
+def test_flow_forecaster_is_seeded_per_member_whatever_the_batching(nowcast_run):
+    from conftest import synthetic_source
+
+    import geogen
+    from geogen.forecasting import ForecastError, get_forecaster
+    from geogen.io import open_source
+
+    source = synthetic_source(shape=[30, 37], n_times=12, nan_border=3)
+    context = open_source(source, "2020-01-01T00:00", "2020-01-01T00:15")["precip"].load()
+    model = get_forecaster("flow", ckpt=nowcast_run.last_checkpoint, batch_members=2)
+    fc = geogen.forecast(model, context, members=3, leads=4, seed=5)
+    assert fc.shape == (3, 4, 30, 37)
+    values = fc.values
+    no_data = np.isnan(context.values[-1])
+    assert no_data.any() and np.isnan(values[:, :, no_data]).all()
+    valid = values[:, :, ~no_data]
+    assert np.isfinite(valid).all() and (valid >= 0).all()
+    assert ((valid == 0) | (valid >= 0.1)).all()  # dry below the threshold
+    assert not np.allclose(values[0][:, ~no_data], values[1][:, ~no_data])
+    again = geogen.forecast(
+        get_forecaster("flow", ckpt=nowcast_run.last_checkpoint, batch_members=3),
+        context,
+        members=3,
+        leads=4,
+        seed=5,
+    )
+    np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)
+    other = geogen.forecast(model, context, members=3, leads=4, seed=6)
+    assert not np.allclose(other.values[:, :, ~no_data], valid)
+    assert fc.attrs["settings"]["model"] == "flow"
+    with pytest.raises(ForecastError, match="needs a checkpoint"):
+        get_forecaster("flow")
+    from geogen.downscaling import DownscaleError, get_downscaler
+
+    with pytest.raises(DownscaleError, match="trained for 'nowcast', not 'downscale'"):
+        get_downscaler("flow", ckpt=nowcast_run.last_checkpoint)
+
+
+def test_downscale_training_and_downscaler(downscale_run):
+    import geogen
+    from geogen.downscaling import DownscaleError, get_downscaler
+
+    (test,) = downscale_run.test_metrics
+    assert np.isfinite(test["test/bpd"])
+    meta = torch.load(downscale_run.last_checkpoint, weights_only=True)["geogen"]
+    assert meta["model"] == "flow" and meta["data"]["task"] == "downscale"
+    model = get_downscaler("flow", ckpt=downscale_run.last_checkpoint, batch_members=1)
+    rng = np.random.default_rng(0)
+    lowres = rng.gamma(0.5, 2.0, size=(6, 3, 5)).astype(np.float32)
+    lowres[0, 0, 0] = np.nan
+    import xarray as xr
+
+    da = xr.DataArray(lowres, dims=("time", "y", "x"), name="precip", attrs={"units": "mm/h"})
+    hr = geogen.downscale(model, da, members=2, seed=1)
+    assert hr.shape == (2, 6, 12, 20)
+    assert np.isnan(hr.values[:, 0, :4, :4]).all()
+    assert np.isfinite(hr.values[:, 1:]).all() and (hr.values[:, 1:] >= 0).all()
+    again = geogen.downscale(
+        get_downscaler("flow", ckpt=downscale_run.last_checkpoint, batch_members=2),
+        da,
+        members=2,
+        seed=1,
+    )
+    np.testing.assert_allclose(again.values, hr.values, rtol=1e-4, atol=1e-5)
+    with pytest.raises(DownscaleError, match="sequences of 4 frames"):
+        geogen.downscale(model, da.isel(time=slice(0, 3)), members=1)
