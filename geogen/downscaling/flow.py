@@ -149,5 +149,6 @@ class FlowDownscalerModel(Downscaler):
         if no_data.any():
             fine = np.repeat(np.repeat(no_data, factor, axis=1), factor, axis=2)
             out[:, fine] = np.nan
+        self.model.warn_capped()
         log.debug("flow downscaled %d frames in %d windows", n_time, len(starts))
         return out

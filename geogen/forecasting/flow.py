@@ -100,14 +100,30 @@ class FlowCheckpoint:
         hparams = checkpoint.get("hyper_parameters") or {}
         self.dry_threshold = float(hparams.get("dry_threshold", 0.1))
         self.temperature = float(hparams.get("temperature", 1.0))
+        self.max_rain = float(hparams.get("max_rain", 300.0))
+        self.capped = 0  # generated values capped at max_rain (counted for a warning)
         spec = dict(self.data.get("transform") or {"name": "identity"})
         self.transform = get_transform(spec.pop("name"), **spec)
 
     def requantize(self, values: torch.Tensor) -> torch.Tensor:
-        """Model-space ``values`` with rain below the dry threshold set to 0 mm/h."""
+        """Model-space ``values``: 0 mm/h below the dry threshold, at most ``max_rain`` mm/h."""
         rain = self.transform.inverse(values)
+        capped = rain > self.max_rain
+        if bool(capped.any()):
+            self.capped += int(capped.sum())
+        rain = rain.clamp(max=self.max_rain)
         rain = torch.where(rain < self.dry_threshold, torch.zeros_like(rain), rain)
         return self.transform.forward(rain)
+
+    def warn_capped(self) -> None:
+        """Log (once per call) how many generated values were capped at ``max_rain``."""
+        if self.capped:
+            log.warning(
+                "flow: %d generated values exceeded max_rain = %g mm/h and were capped",
+                self.capped,
+                self.max_rain,
+            )
+            self.capped = 0
 
     def to_model(self, rain: np.ndarray, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """mm/h ``(T, y, x)`` (NaN filled) -> padded model-space tensor and the padding."""
@@ -128,6 +144,7 @@ class FlowCheckpoint:
             "training_data": self.data,
             "versions": self.meta.get("versions"),
             "dry_threshold_mm_h": self.dry_threshold,
+            "max_rain_mm_h": self.max_rain,
             "temperature": self.temperature,
             "dequantisation": "dry pixels (< dry_threshold) uniform on [0, dry_threshold)",
         }
@@ -262,4 +279,5 @@ class FlowForecaster(Forecaster):
                 rain = self.model.transform.inverse(frames).cpu().numpy()
                 out[start:stop] = np.maximum(rain, 0.0)
         out[:, :, no_data] = np.nan
+        self.model.warn_capped()
         return out

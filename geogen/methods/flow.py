@@ -74,8 +74,8 @@ class _FlowMixin:
         return flow_values.detach().to(values.dtype), log_jacobian.detach()
 
     def requantize(self, values: torch.Tensor) -> torch.Tensor:
-        """Generated flow-space ``values`` with everything below the threshold set to dry."""
-        rain = self.transform.inverse(values.float())
+        """Generated flow-space ``values``: dry below the threshold, at most ``max_rain`` mm/h."""
+        rain = self.transform.inverse(values.float()).clamp(max=float(self.hparams.max_rain))
         rain = torch.where(rain < self.hparams.dry_threshold, torch.zeros_like(rain), rain)
         return self.transform.forward(rain).to(values.dtype)
 
@@ -98,6 +98,10 @@ class FlowNowcastMethod(_FlowMixin, NowcastMethod):
         The network's config (stored in checkpoints).
     dry_threshold
         Rain rate (mm/h) below which pixels are dry and dequantised.
+    max_rain
+        Samples are capped at this rain rate (mm/h): a safeguard against the rare
+        overflowing sample of an undertrained flow (``exp`` of a large log-rain); it does
+        not enter the likelihood.
     train_leads
         Lead frames scored per training batch (random, without replacement; ``None``: all).
     train_crop
@@ -118,6 +122,7 @@ class FlowNowcastMethod(_FlowMixin, NowcastMethod):
         optimizer: OptimizerFactory | None = None,
         network_config: Mapping[str, Any] | None = None,
         dry_threshold: float = 0.1,
+        max_rain: float = 300.0,
         train_leads: int | None = 4,
         train_crop: int | None = None,
         temperature: float = 1.0,
@@ -262,6 +267,7 @@ class FlowDownscaleMethod(_FlowMixin, GeogenMethod):
         optimizer: OptimizerFactory | None = None,
         network_config: Mapping[str, Any] | None = None,
         dry_threshold: float = 0.1,
+        max_rain: float = 300.0,
         temperature: float = 1.0,
         val_seed: int = 0,
         compile: bool = False,

@@ -60,6 +60,11 @@ def unsqueeze(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
 
 
+def soft_clamp(values: torch.Tensor, bound: float) -> torch.Tensor:
+    """``bound * tanh(values / bound)``: the identity near 0, within ``(-bound, bound)``."""
+    return bound * torch.tanh(values / bound)
+
+
 class ZeroConv2d(nn.Conv2d):
     """A 3x3 convolution initialised to output zeros (so a flow starts as the identity)."""
 
@@ -214,7 +219,7 @@ class ConditionalAffineCoupling(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(torch.cat([kept, features], dim=1))
         shift, raw = out[:, 0::2], out[:, 1::2]
-        return shift, self.clamp * torch.tanh(raw / self.clamp)
+        return shift, soft_clamp(raw, self.clamp)
 
     def forward(self, x: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, log_det)`` with ``log_det`` of shape ``(B,)``."""
@@ -268,17 +273,21 @@ class ConditionalSplit(nn.Module):
         Channels before the split; ``channels // 2`` are kept, the rest leave the flow.
     condition_channels
         Channels of the condition features at this scale.
+    clamp
+        Bound of the prior's ``|log_scale|`` (soft, tanh): out-of-distribution conditions
+        (an autoregressive forecast's own frames) cannot blow the noise up.
     """
 
-    def __init__(self, channels: int, condition_channels: int) -> None:
+    def __init__(self, channels: int, condition_channels: int, clamp: float = 5.0) -> None:
         super().__init__()
         self.kept = channels // 2
         self.out = channels - self.kept
+        self.clamp = float(clamp)
         self.prior = ZeroConv2d(self.kept + condition_channels, 2 * self.out)
 
     def _prior(self, kept: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.prior(torch.cat([kept, features], dim=1))
-        return out[:, 0::2], out[:, 1::2]
+        return out[:, 0::2], soft_clamp(out[:, 1::2], self.clamp)
 
     def forward(
         self, x: torch.Tensor, features: torch.Tensor
@@ -368,6 +377,8 @@ class ConditionalGlow(nn.Module):
         Bound of the couplings' log-scales.
     conv_init
         Initialisation of the 1x1 convolutions (``"orthogonal"`` or ``"identity"``).
+    prior_clamp
+        Bound of the Gaussian priors' log-scales.
     """
 
     def __init__(
@@ -379,6 +390,7 @@ class ConditionalGlow(nn.Module):
         hidden: int = 64,
         clamp: float = 2.0,
         conv_init: str = "orthogonal",
+        prior_clamp: float = 5.0,
     ) -> None:
         super().__init__()
         if levels < 1 or steps < 1:
@@ -397,10 +409,11 @@ class ConditionalGlow(nn.Module):
                 )
             )
             if level < levels - 1:
-                split = ConditionalSplit(channels, condition_channels)
+                split = ConditionalSplit(channels, condition_channels, prior_clamp)
                 self.splits.append(split)
                 channels = split.kept
         self.top_channels = channels
+        self.prior_clamp = float(prior_clamp)
         self.top_prior = ZeroConv2d(condition_channels, 2 * channels)
 
     @property
@@ -473,7 +486,7 @@ class ConditionalGlow(nn.Module):
 
     def _top(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.top_prior(features)
-        return out[:, 0::2], out[:, 1::2]
+        return out[:, 0::2], soft_clamp(out[:, 1::2], self.prior_clamp)
 
     def log_prob(self, x: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """``log p(x | condition)`` in nats, ``(B,)``."""
