@@ -64,10 +64,9 @@ echo "[demo] 4/5 20-member DGMR forecast (geogen-forecast model=dgmr)"
 geogen-forecast model=dgmr ckpt="$TRAIN_DIR/checkpoints/last.ckpt" members=20 "${CASE[@]}" \
     out="$FORECASTS/dgmr.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr"
 
-# 5. Scores of every forecast against the archive, plots and the report (GIFs off here: the
-#    scoring process crashed at exit after writing them, see the README).
+# 5. Scores of every forecast against the archive, plots (with GIFs of members) and the report.
 echo "[demo] 5/5 score every forecast in $FORECASTS (geogen-score)"
-geogen-score "forecasts=['$FORECASTS/*.nc']" paths.radar_root="$DATA" out="$OUT/scores" plots.gif=false \
+geogen-score "forecasts=['$FORECASTS/*.nc']" paths.radar_root="$DATA" out="$OUT/scores" \
     progress=false hydra.run.dir="$OUT/logs/score"
 
 echo "[demo] done: report at $OUT/scores/report.md (scores.csv, plots/ beside it); DGMR run in"
