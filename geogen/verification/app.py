@@ -5,6 +5,9 @@ Two modes, both ending in :func:`geogen.verification.report.write_report`:
 - files: ``forecasts=[a.nc, b.nc]`` (and ``models`` run on the same cases, or on ``times``
   with ``region``) against the observations of ``source``;
 - store: ``store=crops.zarr split=test models=[...]``, each case weighted by 1/sample_prob.
+
+``task=downscale`` scores ``geogen-downscale`` files (``forecasts=[...]``) against the
+archive's high-resolution frames instead (:mod:`geogen.verification.downscale`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class ScoreConfig(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    task: dict[str, Any] = Field(default_factory=lambda: {"name": "nowcast"})
     forecasts: list[str] = Field(default_factory=list)
     models: list[str | dict[str, Any]] = Field(default_factory=list)
     times: list[str] = Field(default_factory=list)
@@ -60,8 +64,27 @@ class ScoreConfig(BaseModel):
     plots: PlotSettings = Field(default_factory=PlotSettings)
     progress: bool = True
 
+    @property
+    def task_name(self) -> str:
+        """``nowcast`` or ``downscale`` (``task=...``)."""
+        return str(self.task.get("name", "nowcast"))
+
     @model_validator(mode="after")
     def _inputs(self) -> ScoreConfig:
+        if self.task_name not in ("nowcast", "downscale"):
+            raise ValueError(f"task must be nowcast or downscale, not {self.task_name!r}")
+        if self.task_name == "downscale":
+            if not self.forecasts:
+                raise ValueError(
+                    "task=downscale scores downscaled files: give forecasts=[a.nc,...] "
+                    "(from geogen-downscale source=... time=... coarsen=...)"
+                )
+            if self.store is not None or self.models or self.times:
+                raise ValueError(
+                    "task=downscale scores files only (forecasts=[...]); store=, models= and "
+                    "times= are for nowcasts"
+                )
+            return self
         if self.store is None and not self.forecasts and not (self.models and self.times):
             raise ValueError(
                 "nothing to score: give forecasts=[a.nc,...], or store=crops.zarr with "
@@ -109,6 +132,20 @@ def run(config: ScoreConfig, provenance: Mapping[str, Any] | None = None) -> Pat
     """Score as configured and write the outputs; returns the path of ``report.md``."""
     from geogen.verification.report import write_report
 
+    if config.task_name == "downscale":
+        from geogen.verification.downscale import score_downscaled, write_downscale_report
+
+        result, example = score_downscaled(
+            config.forecasts,
+            config.source,
+            settings=config.scoring,
+            progress=config.progress,
+            plot_members=config.plots.members,
+        )
+        result.metadata["provenance"] = dict(provenance or {})
+        return write_downscale_report(
+            result, config.out, example=example, plot_settings=config.plots.model_dump()
+        )
     specs = config.model_specs()
     for spec in specs:  # fail on unknown models or settings before any work
         spec.build()
