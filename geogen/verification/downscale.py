@@ -173,7 +173,8 @@ def score_downscaled(
                 grid = load_source(src_cfg, times[0], times[0]).grid
             except (SourceError, FileNotFoundError) as exc:
                 raise VerificationError(
-                    f"cannot read the {src_cfg['name']} archive at {times[0]}: {exc}"
+                    f"cannot read the {src_cfg['name']} archive at {times[0]} (the first time "
+                    f"of {label}): {exc}"
                 ) from None
             scorer.pixel_size_km = grid_spacing_km(ensemble)
         _check_crs(ensemble, grid, label, src_cfg["name"])
