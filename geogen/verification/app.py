@@ -74,16 +74,19 @@ class ScoreConfig(BaseModel):
         if self.task_name not in ("nowcast", "downscale"):
             raise ValueError(f"task must be nowcast or downscale, not {self.task_name!r}")
         if self.task_name == "downscale":
-            if not self.forecasts:
+            if self.times:
+                raise ValueError("times= is for nowcasts; task=downscale scores files or a store")
+            if bool(self.forecasts) == (self.store is not None):
                 raise ValueError(
-                    "task=downscale scores downscaled files: give forecasts=[a.nc,...] "
-                    "(from geogen-downscale source=... time=... coarsen=...)"
+                    "task=downscale: give forecasts=[a.nc,...] (from geogen-downscale source=... "
+                    "time=... coarsen=...), or store=pairs.zarr with models=[interp,rainfarm]"
                 )
-            if self.store is not None or self.models or self.times:
+            if self.forecasts and self.models:
                 raise ValueError(
-                    "task=downscale scores files only (forecasts=[...]); store=, models= and "
-                    "times= are for nowcasts"
+                    "task=downscale scores files as they are; models= runs on a store's pairs"
                 )
+            if self.store is not None and not self.models:
+                raise ValueError("task=downscale store=...: give models=[interp,rainfarm,...]")
             return self
         if self.store is None and not self.forecasts and not (self.models and self.times):
             raise ValueError(
@@ -115,6 +118,22 @@ class ScoreConfig(BaseModel):
             specs.append(ModelSpec(name, kwargs))
         return specs
 
+    def downscaler_specs(self) -> dict[str, dict[str, Any]]:
+        """Downscalers to run on a store (task=downscale): name -> keyword arguments."""
+        specs: dict[str, dict[str, Any]] = {}
+        for entry in self.models:
+            extra = {} if isinstance(entry, str) else dict(entry)
+            name = entry if isinstance(entry, str) else extra.pop("name", None)
+            if name is None:
+                raise VerificationError(f"model entry {entry} has no 'name'")
+            kwargs = dict(self.baseline.get(str(name)) or {})
+            kwargs.update(extra)
+            if "ckpt" in kwargs:
+                kwargs.setdefault("device", self.device)
+                kwargs.setdefault("batch_members", self.batch_members)
+            specs[str(name)] = kwargs
+        return specs
+
 
 def validate_config(cfg: Mapping[str, Any]) -> ScoreConfig:
     """Validate a plain ``geogen-score`` config; errors name the bad keys."""
@@ -133,15 +152,33 @@ def run(config: ScoreConfig, provenance: Mapping[str, Any] | None = None) -> Pat
     from geogen.verification.report import write_report
 
     if config.task_name == "downscale":
-        from geogen.verification.downscale import score_downscaled, write_downscale_report
-
-        result, example = score_downscaled(
-            config.forecasts,
-            config.source,
-            settings=config.scoring,
-            progress=config.progress,
-            plot_members=config.plots.members,
+        from geogen.verification.downscale import (
+            score_downscale_store,
+            score_downscaled,
+            write_downscale_report,
         )
+
+        if config.store is not None:
+            result, example = score_downscale_store(
+                config.store,
+                config.downscaler_specs(),
+                split=config.split,
+                settings=config.scoring,
+                members=config.members,
+                max_cases=config.max_cases,
+                seed=config.seed,
+                weights=config.weights,
+                progress=config.progress,
+                plot_members=config.plots.members,
+            )
+        else:
+            result, example = score_downscaled(
+                config.forecasts,
+                config.source,
+                settings=config.scoring,
+                progress=config.progress,
+                plot_members=config.plots.members,
+            )
         result.metadata["provenance"] = dict(provenance or {})
         return write_downscale_report(
             result, config.out, example=example, plot_settings=config.plots.model_dump()

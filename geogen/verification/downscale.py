@@ -254,6 +254,115 @@ def score_downscaled(
     return _as_frames(scorer.result(meta)), example
 
 
+def score_downscale_store(
+    store: str | os.PathLike,
+    models: Mapping[str, Mapping[str, Any]],
+    *,
+    split: str | None = "test",
+    settings: Mapping[str, Any] | ScoringSettings | None = None,
+    members: int = 20,
+    max_cases: int | None = None,
+    seed: int = 0,
+    weights: str = "sample_prob",
+    progress: bool = False,
+    plot_members: int = 3,
+) -> tuple[ScoreResult, DownscaleExample | None]:
+    """Run downscalers on the pairs of a downscale store split and score them.
+
+    Each pair's ``<variable>_lowres`` ``(time, y/f, x/f)`` is the input and ``<variable>``
+    ``(time, y, x)`` the truth; a case is weighted by ``1 / sample_prob`` unless
+    ``weights="none"``.
+
+    Parameters
+    ----------
+    store
+        A store from ``geogen-prepare task=downscale``.
+    models
+        Downscaler name -> keyword arguments (``{"interp": {}, "rainfarm": {}}``, a learned
+        model with ``ckpt``).
+    members
+        Ensemble size (deterministic models run with one member).
+    max_cases
+        Score a seeded random subset of this many pairs.
+    seed
+        Seed of the subset and of the ensembles (pair ``i`` uses ``seed + i``).
+    """
+    from geogen.downscaling import DownscaleError, get_downscaler
+    from geogen.io import StoreError, open_crop_store, split_indices, store_info
+
+    if not models:
+        raise VerificationError("scoring a downscale store needs models=[interp, rainfarm, ...]")
+    try:
+        group = open_crop_store(store)
+        info = store_info(group)
+        indices = split_indices(group, split)
+    except StoreError as exc:
+        raise VerificationError(str(exc)) from None
+    if info.task != "downscale":
+        raise VerificationError(
+            f"{store} is a {info.task} store; task=downscale needs a downscale store "
+            "(geogen-prepare task=downscale)"
+        )
+    if len(indices) == 0:
+        raise VerificationError(f"{store} has no {split} pairs ({info.split_counts})")
+    if max_cases is not None and max_cases < len(indices):
+        indices = np.sort(np.random.default_rng(seed).choice(indices, max_cases, replace=False))
+    truth_array = group[info.variable]
+    lowres_array = group[f"{info.variable}_lowres"]
+    factor = truth_array.shape[-1] // lowres_array.shape[-1]
+    built = {}
+    for name, kwargs in models.items():
+        try:
+            built[name] = get_downscaler(name, **dict(kwargs))
+        except DownscaleError as exc:
+            raise VerificationError(str(exc)) from None
+    sample_prob = np.asarray(group["sample_prob"][:], dtype=np.float64)
+    t0 = np.asarray(group["t0"][:])
+    grid = info.attrs.get("grid", {})
+    scorer = Scorer(downscale_settings(settings), plot_members=plot_members)
+    if grid.get("dx") and grid.get("units", "m") in ("m", "km"):
+        scorer.pixel_size_km = abs(float(grid["dx"])) * (1.0 if grid["units"] == "km" else 1e-3)
+    example: DownscaleExample | None = None
+    for i in _progress([int(i) for i in indices], progress, "pairs"):
+        truth = np.asarray(truth_array[i], dtype=np.float32)
+        lowres = np.asarray(lowres_array[i], dtype=np.float32)
+        forecasts = {}
+        for name, model in built.items():
+            try:
+                forecasts[name] = model.predict(
+                    lowres,
+                    factor=model.factor or factor,
+                    members=members if model.stochastic else 1,
+                    seed=seed + i,
+                )
+            except DownscaleError as exc:
+                raise VerificationError(f"{name} on pair {i}: {exc}") from None
+        p = sample_prob[i]
+        if weights == "sample_prob" and not (np.isfinite(p) and p > 0):
+            raise VerificationError(f"pair {i} has sample_prob {p}: cannot weight it")
+        weight = 1.0 / p if weights == "sample_prob" else 1.0
+        case = f"pair {i} ({pd.Timestamp(t0[i]):%Y-%m-%dT%H:%M})"
+        scorer.add_case(case, forecasts, truth, list(range(truth.shape[0])), weight=weight)
+        if example is None:
+            example = DownscaleExample(
+                case=case,
+                time=pd.Timestamp(t0[i]),
+                lowres=lowres[-1],
+                truth=truth[-1],
+                members={name: values[:, -1] for name, values in forecasts.items()},
+            )
+    meta = {
+        "mode": "downscale-store",
+        "store": os.fspath(store),
+        "split": split,
+        "source": info.source,
+        "n_cases_available": len(split_indices(group, split)),
+        "factor": factor,
+        "weights": "1 / sample_prob" if weights == "sample_prob" else "equal",
+    }
+    return _as_frames(scorer.result(meta)), example
+
+
 def _check_lowres(item: _File, truth: np.ndarray, case: str) -> None:
     """Warn when the file's low-res input is not the block mean of the truth."""
     if item.lowres is None:
@@ -426,18 +535,29 @@ def write_downscale_report(
             if path:
                 made["panel"] = path
     meta = result.metadata
+    if meta.get("mode") == "downscale-store":
+        intro = [
+            f"Models run on {len(meta.get('cases', []))} `{meta.get('split')}` pairs of the "
+            f"downscale store `{meta.get('store')}` (of {meta.get('n_cases_available')}, "
+            f"factor {meta.get('factor')}), pairs weighted by {meta.get('weights')}.",
+            "",
+        ]
+    else:
+        intro = [
+            f"Downscaled files scored against the `{meta.get('source')}` archive at the same "
+            f"grid cells and times, on {len(meta.get('cases', []))} case(s): "
+            + ", ".join(f"`{c}`" for c in meta.get("cases", [])[:10])
+            + ".",
+            "",
+            "Files:",
+            "",
+            *[f"- `{m}`: `{p}`" for m, p in (meta.get("files") or {}).items()],
+            "",
+        ]
     lines = [
         f"# {title}",
         "",
-        f"Downscaled files scored against the `{meta.get('source')}` archive at the same grid "
-        f"cells and times, on {len(meta.get('cases', []))} case(s): "
-        + ", ".join(f"`{c}`" for c in meta.get("cases", [])[:10])
-        + ".",
-        "",
-        "Files:",
-        "",
-        *[f"- `{m}`: `{p}`" for m, p in (meta.get("files") or {}).items()],
-        "",
+        *intro,
         "## Ranking",
         "",
         "Scores in physical units averaged over the frames (and cases); models ranked by CRPS "

@@ -11,7 +11,7 @@ from conftest import synthetic_source
 from geogen.downscaling import coarsen, downscale, read_sequence, write_downscaled
 from geogen.verification import VerificationError, get_metric
 from geogen.verification.app import run, validate_config
-from geogen.verification.downscale import score_downscaled
+from geogen.verification.downscale import score_downscale_store, score_downscaled
 from geogen.verification.paper import (
     PAPER_BELOW,
     gaussian_window,
@@ -255,3 +255,37 @@ def test_opening_output_files_does_not_import_cfgrib(tmp_path, truth):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_score_downscale_store_weights_and_models(tmp_path, build_store):
+    from conftest import downscale_overrides
+
+    store = build_store(
+        "pairs",
+        source=synthetic_source(n_times=30, shape=[64, 64]),
+        **downscale_overrides(factor=16, size=64, length=2),
+        sampling={"method": "uniform", "probability": 0.5, "rain_threshold": 0.1},
+    )
+    models = {"interp": {}, "rainfarm": {}}
+    settings = {**FAST, "paper": {"tile": 64}, "metrics": ["crps", "continuous"]}
+    result, example = score_downscale_store(
+        store, models, split="test", settings=settings, members=2, max_cases=3
+    )
+    assert result.metadata["weights"] == "1 / sample_prob" and len(result.metadata["cases"]) == 3
+    assert result.metadata["members"] == {"interp": 1, "rainfarm": 2}
+    assert example.truth.shape == (64, 64) and example.lowres.shape == (4, 4)
+    means = result.lead_means.set_index(["model", "metric", "scale", "pooling"])["value"]
+    assert 0 < means[("rainfarm", "paper_crps", 1, "none")] < 1
+    assert means[("interp", "crps", 1, "none")] > 0
+    # every test pair has sample_prob 0.5: the weights cancel, equal weights give the same scores
+    same, _ = score_downscale_store(
+        store, models, settings=settings, members=2, max_cases=3, weights="none"
+    )
+    np.testing.assert_allclose(
+        same.scores["value"].to_numpy(), result.scores["value"].to_numpy(), rtol=1e-6
+    )
+    with pytest.raises(VerificationError, match="unknown downscaling model 'magic'"):
+        score_downscale_store(store, {"magic": {}}, settings=settings)
+    nowcast = build_store("crops")
+    with pytest.raises(VerificationError, match="is a nowcast store; task=downscale needs"):
+        score_downscale_store(nowcast, models, settings=settings)
