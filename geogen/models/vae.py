@@ -429,7 +429,7 @@ class DownscaleVAE(_ConditionalVAE):
         residual: bool = True,
     ) -> None:
         super().__init__(latent_channels, prior, likelihood, min_log_scale, residual)
-        levels = int(round(math.log2(factor))) if factor >= 2 else 0
+        levels = round(math.log2(factor)) if factor >= 2 else 0
         if factor < 2 or 2**levels != factor:
             raise ValueError(f"factor must be a power of 2 (>= 2), got {factor}")
         self.factor, self.levels = int(factor), levels
