@@ -1,4 +1,4 @@
-"""``vae``: high-resolution ensembles from a conditional VAE checkpoint (``experiment=vae_downscale``).
+"""``vae``: high-resolution ensembles from a conditional VAE checkpoint (vae_downscale).
 
 ::
 

@@ -217,7 +217,7 @@ class CheckpointForecaster(Forecaster):
     def forecast_batch(
         self, inputs: torch.Tensor, leads: int, members: range, seed: int
     ) -> torch.Tensor:
-        """``(len(members), leads, H, W)`` model-space forecasts from ``inputs`` ``(1, C, H, W)``."""
+        """``(len(members), leads, H, W)`` model-space forecasts of ``inputs`` ``(1, C, H, W)``."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

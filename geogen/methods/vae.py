@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def reconstruction_nll(
     params: torch.Tensor, target: torch.Tensor, likelihood: str, dry_level: float
 ) -> torch.Tensor:
-    """Per-pixel ``-log p(target | params)`` ``(B, L, H, W)`` for a VAE's ``params`` ``(B, L, P, H, W)``.
+    """Per-pixel ``-log p(target | params)`` ``(B, L, H, W)``, ``params`` ``(B, L, P, H, W)``.
 
     ``dry_level`` is the model-space value at or below which a pixel counts as dry
     (zero-inflated likelihood only).

@@ -94,7 +94,7 @@ class Tower(nn.Module):
 
 
 class UpPath(nn.Module):
-    """Decoder: coarse states ``(N, w_{L-1}, h, w)`` -> likelihood parameters ``(N, P, 2^L h, ...)``.
+    """Decoder: coarse states ``(N, w_{L-1}, h, w)`` -> likelihood parameters ``(N, P, H, W)``.
 
     At each level a residual block merges the state with that level's skip features (channels
     ``skip_widths[level]``, 0 for none), then an up-sampling block goes one level finer; at
