@@ -289,3 +289,35 @@ def test_downscale_training_and_seeded_downscaler(downscale_store, tmp_path):
     assert np.isnan(a[:, 0, 4:8, 8:12]).all() and np.isfinite(a[:, 1]).all()
     with pytest.raises(ForecastError, match="geogen-downscale model=vae"):
         get_forecaster("vae", ckpt=result.last_checkpoint)
+
+
+def test_checkpoint_metadata_and_exact_resume(nowcast_store, tmp_path, trained_nowcast):
+    meta = torch.load(trained_nowcast.last_checkpoint, weights_only=True)["geogen"]
+    assert meta["model"] == "vae" and meta["data"]["task"] == "nowcast"
+    assert meta["network_config"]["_target_"] == "geogen.models.vae.NowcastVAE"
+    assert meta["data"]["transform"] == {"name": "log1p", "scale": 1.0}
+
+    def config(name, *extra):
+        return compose_train_config(
+            [
+                *NOWCAST_SMALL,
+                f"data.path={nowcast_store}",
+                "trainer.limit_train_batches=2",
+                "~callbacks.panels",
+                *extra,
+            ],
+            output_dir=tmp_path / name,
+        )
+
+    straight = run_train(config("straight", "trainer.max_epochs=2"))
+    first = run_train(config("first", "trainer.max_epochs=1"))
+    resumed = run_train(
+        config("resumed", "trainer.max_epochs=2", f"ckpt_path={first.last_checkpoint}")
+    )
+    a = torch.load(straight.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    for name in ("train/nll", "train/kl", "val/nll"):
+        assert straight.metrics[name] == resumed.metrics[name], name
+    assert a["global_step"] == b["global_step"] == 4
