@@ -106,6 +106,7 @@ DOWNSCALERS: Registry[Downscaler] = Registry(
         "geogen.baselines.interp",
         "geogen.baselines.rainfarm",
         "geogen.downscaling.learned",
+        "geogen.downscaling.vae",
         "geogen.downscaling.flow",
     ),
 )

@@ -1,5 +1,10 @@
 """Learned forecasters: trained checkpoints behind the :class:`Forecaster` interface.
 
+:class:`CheckpointForecaster` is what every learned forecaster shares (checkpoint loading and
+provenance, context checks, model space, padding, member batching and seeding, no-data
+handling); subclasses say how to build the network and forecast a batch of members
+(``dgmr`` here, ``vae`` in :mod:`geogen.forecasting.vae`).
+
 ``dgmr``: a checkpoint written by ``geogen-train experiment=dgmr`` (or ``dgmr_tiny``)::
 
     from geogen.forecasting import forecast, get_forecaster
@@ -93,14 +98,59 @@ def load_geogen_checkpoint(path: str | os.PathLike, expected_model: str) -> dict
     return checkpoint
 
 
-@register_forecaster("dgmr")
-class DGMRForecaster(Forecaster):
-    """Ensemble nowcasts with a trained DGMR generator.
+def member_generator(seed: int, member: int) -> torch.Generator:
+    """A CPU generator for ensemble member ``member`` of ``seed``.
+
+    Seeded from ``(seed, member)`` through :class:`numpy.random.SeedSequence`, so a member's
+    random draws depend neither on the batch it is computed in nor on the device.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def build_submodule(
+    checkpoint: dict[str, Any], ckpt: str | os.PathLike, config: Any, prefix: str
+) -> torch.nn.Module:
+    """Instantiate ``config`` and load the checkpoint's weights under ``prefix`` into it.
+
+    Raises
+    ------
+    ForecastError
+        When the config cannot be built or the weights do not fit it.
+    """
+    from hydra.utils import instantiate
+
+    if not isinstance(config, dict) or "_target_" not in config:
+        raise ForecastError(f"{ckpt}: the network config has nothing to build at {prefix!r}")
+    try:
+        module = instantiate(config)
+    except Exception as exc:
+        raise ForecastError(f"{ckpt}: cannot build the network: {exc}") from exc
+    state = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ForecastError(
+            f"{ckpt}: the weights do not fit the network config stored with them: {exc}"
+        ) from exc
+    return module
+
+
+class CheckpointForecaster(Forecaster):
+    """Base of forecasters that run a network from a ``geogen-train`` checkpoint.
+
+    Subclasses set :attr:`checkpoint_model` (the ``model`` of the checkpoint's metadata),
+    :attr:`size_multiple`, :attr:`min_domain` and implement :meth:`build` and
+    :meth:`forecast_batch`.
 
     Parameters
     ----------
     ckpt
-        Checkpoint written by ``geogen-train experiment=dgmr`` (or ``dgmr_tiny``).
+        Checkpoint written by ``geogen-train``.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     batch_members
@@ -110,6 +160,11 @@ class DGMRForecaster(Forecaster):
     """
 
     stochastic = True
+    checkpoint_model: str = ""
+    #: The domain is zero-padded (no rain) to multiples of this, then cropped back.
+    size_multiple: int = 1
+    #: Smallest domain side in pixels.
+    min_domain: int = 1
 
     def __init__(
         self,
@@ -118,15 +173,14 @@ class DGMRForecaster(Forecaster):
         batch_members: int = 4,
         precision: str = "32",
     ) -> None:
-        from hydra.utils import instantiate
-
+        label = self.checkpoint_model
         if ckpt is None:
-            raise ForecastError("model=dgmr needs a checkpoint: ckpt=PATH (from geogen-train)")
+            raise ForecastError(f"model={label} needs a checkpoint: ckpt=PATH (from geogen-train)")
         if int(batch_members) < 1:
             raise ForecastError(f"batch_members must be >= 1, got {batch_members}")
         if precision not in ("32", "bf16"):
             raise ForecastError(f"precision must be '32' or 'bf16', got {precision!r}")
-        checkpoint = load_geogen_checkpoint(ckpt, "dgmr")
+        checkpoint = load_geogen_checkpoint(ckpt, label)
         meta = checkpoint["geogen"]
         self.ckpt = str(ckpt)
         self.checkpoint_sha256 = sha256_file(ckpt)
@@ -135,32 +189,11 @@ class DGMRForecaster(Forecaster):
         self.device = resolve_device(device)
         self.batch_members = int(batch_members)
         self.precision = precision
-        network_config = meta["network_config"]
-        generator_config = network_config.get("generator")
-        if not isinstance(generator_config, dict) or "_target_" not in generator_config:
-            raise ForecastError(f"{ckpt}: the network config has no generator to build")
-        try:
-            generator = instantiate(generator_config)
-        except Exception as exc:
-            raise ForecastError(f"{ckpt}: cannot build the generator: {exc}") from exc
-        prefix = "network.generator."
-        state = {
-            key[len(prefix) :]: value
-            for key, value in checkpoint["state_dict"].items()
-            if key.startswith(prefix)
-        }
-        try:
-            generator.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ForecastError(
-                f"{ckpt}: the weights do not fit the network config stored with them: {exc}"
-            ) from exc
-        self.generator = generator.to(self.device).eval()
-        self.n_context = int(generator.context_frames)
         self.timestep_minutes = float(self.data["timestep_minutes"])
+        self.n_context = self.build(checkpoint)
         if self.data.get("context") not in (None, self.n_context):
             raise ForecastError(
-                f"{ckpt}: trained on {self.data['context']} context frames but the generator "
+                f"{ckpt}: trained on {self.data['context']} context frames but the network "
                 f"takes {self.n_context}"
             )
         spec = dict(self.data.get("transform") or {"name": "identity"})
@@ -168,7 +201,8 @@ class DGMRForecaster(Forecaster):
 
         self.transform = get_transform(spec.pop("name"), **spec)
         log.info(
-            "dgmr: %s (sha256 %s), %d context frames every %g min, on %s",
+            "%s: %s (sha256 %s), %d context frames every %g min, on %s",
+            self.name,
             ckpt,
             self.checkpoint_sha256[:12],
             self.n_context,
@@ -176,8 +210,19 @@ class DGMRForecaster(Forecaster):
             self.device,
         )
 
+    def build(self, checkpoint: dict[str, Any]) -> int:
+        """Build the network(s) from ``checkpoint`` onto :attr:`device`; return the context size."""
+        raise NotImplementedError
+
+    def forecast_batch(
+        self, inputs: torch.Tensor, leads: int, members: range, seed: int
+    ) -> torch.Tensor:
+        """``(len(members), leads, H, W)`` model-space forecasts of ``inputs`` ``(1, C, H, W)``."""
+        raise NotImplementedError
+
     def describe(self) -> dict[str, Any]:
         """Model name, checkpoint path and SHA-256, network config, training data, settings."""
+        m = self.size_multiple
         return {
             "model": self.name,
             "checkpoint": self.ckpt,
@@ -187,14 +232,8 @@ class DGMRForecaster(Forecaster):
             "versions": self.meta.get("versions"),
             "batch_members": self.batch_members,
             "precision": self.precision,
-            "padding": "zero (no rain) to multiples of 32, cropped back",
+            "padding": f"zero (no rain) to multiples of {m}, cropped back" if m > 1 else "none",
         }
-
-    def _latent(self, seed: int, member: int, height: int, width: int) -> torch.Tensor:
-        """Member ``member``'s latent noise, independent of batching and device."""
-        state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
-        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        return self.generator.sample_latent(1, height, width, generator=generator)[0]
 
     def predict(
         self,
@@ -207,49 +246,84 @@ class DGMRForecaster(Forecaster):
         progress: bool = False,
     ) -> np.ndarray:
         """``(member, lead, y, x)`` mm/h from ``context`` ``(time, y, x)`` mm/h (see module doc)."""
+        name = self.name
         context = np.asarray(context, dtype=np.float32)
         if context.ndim != 3:
             raise ForecastError(f"context must be (time, y, x), got shape {context.shape}")
         if context.shape[0] < self.n_context:
             raise ForecastError(
-                f"dgmr needs {self.n_context} context frames, got {context.shape[0]}"
+                f"{name} needs {self.n_context} context frames, got {context.shape[0]}"
             )
         if not np.isclose(timestep_minutes, self.timestep_minutes):
             raise ForecastError(
-                f"dgmr was trained on {self.timestep_minutes:g}-minute steps; the context is "
+                f"{name} was trained on {self.timestep_minutes:g}-minute steps; the context is "
                 f"every {timestep_minutes:g} minutes"
             )
         context = context[-self.n_context :]
         ny, nx = context.shape[1:]
-        if ny < MIN_DOMAIN or nx < MIN_DOMAIN:
+        if ny < self.min_domain or nx < self.min_domain:
             raise ForecastError(
-                f"domain of {ny} x {nx} pixels is too small for dgmr: at least "
-                f"{MIN_DOMAIN} x {MIN_DOMAIN} (region=[y0,x0,height,width])"
+                f"domain of {ny} x {nx} pixels is too small for {name}: at least "
+                f"{self.min_domain} x {self.min_domain} (region=[y0,x0,height,width])"
             )
         no_data = ~np.isfinite(context[-1])
         filled = np.where(np.isfinite(context), context, np.float32(self.data.get("nan_fill", 0)))
         model_space = np.asarray(self.transform.forward(filled), dtype=np.float32)
-        pad_y, pad_x = (-ny) % 32, (-nx) % 32
+        m = self.size_multiple
+        pad_y, pad_x = (-ny) % m, (-nx) % m
         zero = float(self.transform.forward(np.float32(0.0)))
         padded = np.pad(model_space, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=zero)
         inputs = torch.from_numpy(padded)[None].to(self.device)
-        height, width = padded.shape[1:]
         out = np.empty((members, leads, ny, nx), dtype=np.float32)
         batches = range(0, members, self.batch_members)
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="dgmr members", unit="batch")
+            batches = tqdm(batches, desc=f"{name} members", unit="batch")
         autocast = self.precision == "bf16" and self.device.type == "cuda"
         with torch.inference_mode():
             for start in batches:
                 stop = min(start + self.batch_members, members)
-                z = torch.stack(
-                    [self._latent(seed, m, height, width) for m in range(start, stop)]
-                ).to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    frames = self.generator(inputs.expand(stop - start, -1, -1, -1), leads, z=z)
+                    frames = self.forecast_batch(inputs, leads, range(start, stop), seed)
                 values = self.transform.inverse(frames[..., :ny, :nx].float()).cpu().numpy()
                 out[start:stop] = np.maximum(values, 0.0)
         out[:, :, no_data] = np.nan
         return out
+
+
+@register_forecaster("dgmr")
+class DGMRForecaster(CheckpointForecaster):
+    """Ensemble nowcasts with a trained DGMR generator.
+
+    Parameters
+    ----------
+    ckpt
+        Checkpoint written by ``geogen-train experiment=dgmr`` (or ``dgmr_tiny``).
+    device, batch_members, precision
+        See :class:`CheckpointForecaster`.
+    """
+
+    checkpoint_model = "dgmr"
+    size_multiple = 32
+    min_domain = MIN_DOMAIN
+
+    def build(self, checkpoint: dict[str, Any]) -> int:
+        """The generator of the checkpoint."""
+        generator_config = self.meta["network_config"].get("generator")
+        generator = build_submodule(checkpoint, self.ckpt, generator_config, "network.generator.")
+        self.generator = generator.to(self.device).eval()
+        return int(generator.context_frames)
+
+    def _latent(self, seed: int, member: int, height: int, width: int) -> torch.Tensor:
+        """Member ``member``'s latent noise, independent of batching and device."""
+        generator = member_generator(seed, member)
+        return self.generator.sample_latent(1, height, width, generator=generator)[0]
+
+    def forecast_batch(
+        self, inputs: torch.Tensor, leads: int, members: range, seed: int
+    ) -> torch.Tensor:
+        """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``."""
+        height, width = inputs.shape[-2:]
+        z = torch.stack([self._latent(seed, m, height, width) for m in members]).to(self.device)
+        return self.generator(inputs.expand(len(members), -1, -1, -1), leads, z=z)

@@ -1,7 +1,7 @@
 """Reusable network blocks (pure torch).
 
-Spectrally normalised layers, residual blocks, ConvGRU, attention. Whole models live in
-:mod:`geogen.models`.
+Spectrally normalised layers, residual blocks (also plain ones, :class:`ResBlock`), ConvGRU,
+attention. Whole models live in :mod:`geogen.models`.
 """
 
 from geogen.nn.blocks import ConvGRU, DBlock, GBlock, LBlock, SpatialAttention
@@ -14,6 +14,7 @@ from geogen.nn.layers import (
     linear,
     space_to_depth,
 )
+from geogen.nn.residual import ResBlock
 
 __all__ = [
     "ConvGRU",
@@ -21,6 +22,7 @@ __all__ = [
     "GBlock",
     "LBlock",
     "MeanOnlyBatchNorm",
+    "ResBlock",
     "SequenceBatchNorm2d",
     "SpatialAttention",
     "conv2d",

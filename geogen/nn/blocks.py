@@ -188,15 +188,21 @@ class ConvGRU(nn.Module):
         Channels of the input ``x``.
     hidden_channels
         Channels of the state ``h``.
+    kernel_size
+        Side of the convolutions.
+    sn
+        Spectrally normalise the convolutions (DGMR); ``False`` for plain ones (the VAE).
     """
 
-    def __init__(self, input_channels: int, hidden_channels: int, kernel_size: int = 3) -> None:
+    def __init__(
+        self, input_channels: int, hidden_channels: int, kernel_size: int = 3, *, sn: bool = True
+    ) -> None:
         super().__init__()
         self.input_channels, self.hidden_channels = input_channels, hidden_channels
         both = input_channels + hidden_channels
-        self.read_gate = conv2d(both, hidden_channels, kernel_size)
-        self.update_gate = conv2d(both, hidden_channels, kernel_size)
-        self.output = conv2d(both, hidden_channels, kernel_size)
+        self.read_gate = conv2d(both, hidden_channels, kernel_size, sn=sn)
+        self.update_gate = conv2d(both, hidden_channels, kernel_size, sn=sn)
+        self.output = conv2d(both, hidden_channels, kernel_size, sn=sn)
         self.padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
