@@ -67,9 +67,7 @@ def plot_downscale_panel(
         finite = truth[np.isfinite(truth)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         norm = Normalize(vmin=low, vmax=max(high, low + 1e-6))
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_under("white")
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(under="white", bad="lightgrey")
     rows, columns = 2 + samples.shape[0], len(frames)
     fig, axes = plt.subplots(
         rows, columns, figsize=(1.6 * columns + 0.8, 1.6 * rows), squeeze=False
