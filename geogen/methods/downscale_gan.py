@@ -62,6 +62,9 @@ class DownscaleMethod(GeogenMethod):
     train_crop
         Train on a random window of ``train_crop`` high-res pixels (a multiple of the factor;
         ``None``: whole crops).
+    train_frames
+        Train on a random window of this many consecutive frames (``None`` or more than the
+        store has: every frame); the networks are recurrent and take any number of frames.
     val_seed
         Seed of the validation noise.
     """
@@ -74,11 +77,14 @@ class DownscaleMethod(GeogenMethod):
         optimizer: OptimizerFactory | Mapping[str, OptimizerFactory] | None = None,
         network_config: Mapping[str, Any] | None = None,
         train_crop: int | None = None,
+        train_frames: int | None = None,
         val_seed: int = 0,
         compile: bool = False,
         channels_last: bool | str = "auto",
     ) -> None:
         super().__init__(network, optimizer, network_config, compile, channels_last)
+        if train_frames is not None and train_frames < 1:
+            raise ValueError(f"train_frames must be >= 1 or null, got {train_frames}")
         if not hasattr(network, "generator"):
             raise TypeError(f"{type(self).__name__} trains a network with a .generator")
         self._fill = 0.0
@@ -125,6 +131,11 @@ class DownscaleMethod(GeogenMethod):
             lowres = lowres[..., y0 : y0 + n, x0 : x0 + n]
             window = (..., slice(y0 * f, (y0 + n) * f), slice(x0 * f, (x0 + n) * f))
             target, mask = target[window], mask[window]
+        frames = self.hparams.get("train_frames")
+        if crop and frames and frames < target.shape[1]:
+            t0 = int(torch.randint(0, target.shape[1] - frames + 1, ()).item())
+            steps = slice(t0, t0 + frames)
+            lowres, target, mask = lowres[:, steps], target[:, steps], mask[:, steps]
         return lowres, target, mask
 
     def _fill_missing(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -190,7 +201,7 @@ class DownscaleGANMethod(DownscaleMethod):
         Critic steps per generator step (5).
     gp_weight
         Weight of the gradient penalty (10).
-    train_crop, val_seed, network_config, compile, channels_last
+    train_crop, train_frames, val_seed, network_config, compile, channels_last
         See :class:`DownscaleMethod`.
     """
 
@@ -204,12 +215,20 @@ class DownscaleGANMethod(DownscaleMethod):
         critic_steps: int = 5,
         gp_weight: float = 10.0,
         train_crop: int | None = None,
+        train_frames: int | None = None,
         val_seed: int = 0,
         compile: bool = False,
         channels_last: bool | str = "auto",
     ) -> None:
         super().__init__(
-            network, optimizer, network_config, train_crop, val_seed, compile, channels_last
+            network,
+            optimizer,
+            network_config,
+            train_crop,
+            train_frames,
+            val_seed,
+            compile,
+            channels_last,
         )
         if getattr(network, "discriminator", None) is None:
             raise TypeError("DownscaleGANMethod needs a network with a discriminator")
@@ -291,7 +310,7 @@ class DownscaleDeterministicMethod(DownscaleMethod):
         not trained).
     optimizer
         One factory, or ``{"generator": factory, ...}`` (Adam, lr 1e-4, betas (0.5, 0.9)).
-    train_crop, val_seed, network_config, compile, channels_last
+    train_crop, train_frames, val_seed, network_config, compile, channels_last
         See :class:`DownscaleMethod`.
     """
 
@@ -304,12 +323,20 @@ class DownscaleDeterministicMethod(DownscaleMethod):
         optimizer: OptimizerFactory | Mapping[str, OptimizerFactory] | None = None,
         network_config: Mapping[str, Any] | None = None,
         train_crop: int | None = None,
+        train_frames: int | None = None,
         val_seed: int = 0,
         compile: bool = False,
         channels_last: bool | str = "auto",
     ) -> None:
         super().__init__(
-            network, optimizer, network_config, train_crop, val_seed, compile, channels_last
+            network,
+            optimizer,
+            network_config,
+            train_crop,
+            train_frames,
+            val_seed,
+            compile,
+            channels_last,
         )
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["network", "optimizer"])

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from geogen.nn import ConvGRU
 from geogen.nn.layers import conv2d, linear
@@ -369,6 +370,14 @@ class Discriminator(nn.Module):
                 f"for factor {f}: need lowres (batch, time, H / {f}, W / {f})"
             )
         h, w = hh // f, ww // f
+        # Each spectrally normalised weight once per call (the ConvGRUs reuse theirs per step).
+        with parametrize.cached():
+            return self._scores(highres, lowres, b, t, h, w)
+
+    def _scores(
+        self, highres: torch.Tensor, lowres: torch.Tensor, b: int, t: int, h: int, w: int
+    ) -> torch.Tensor:
+        hh, ww = highres.shape[-2:]
         x_hr = self.highres_branch(highres.reshape(b * t, 1, hh, ww))
         x_lr = self.lowres_branch(lowres.reshape(b * t, 1, h, w))
         joint = self.joint_path(torch.cat([x_lr, x_hr], dim=1)).reshape(b, t, self.width, h, w)

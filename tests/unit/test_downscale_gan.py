@@ -207,6 +207,29 @@ def test_preserve_block_means_by_hand():
     np.testing.assert_allclose(add[:, :2], fine[:, :2] + 1.0)
 
 
+def test_training_windows_keep_pairs_aligned():
+    from functools import partial
+
+    import torch.nn.functional as F
+
+    from geogen.methods.downscale_gan import DownscaleGANMethod
+
+    torch.manual_seed(0)
+    network = DownscaleGAN(Generator(factor=4, **TINY_G), Discriminator(factor=4, **TINY_D))
+    adam = partial(torch.optim.Adam, lr=1e-4)
+    method = DownscaleGANMethod(
+        network, {"generator": adam, "discriminator": adam}, train_crop=8, train_frames=2
+    )
+    target = torch.rand(2, 5, 24, 32)
+    batch = {"target": target, "lowres": F.avg_pool2d(target, 4)}
+    for _ in range(5):
+        lowres, crop, mask = method._inputs(batch, crop=True)
+        assert lowres.shape == (2, 2, 2, 2) and crop.shape == mask.shape == (2, 2, 8, 8)
+        torch.testing.assert_close(F.avg_pool2d(crop, 4), lowres)
+    lowres, whole, _ = method._inputs(batch)
+    assert whole.shape == target.shape
+
+
 # -- training and downscaling -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
