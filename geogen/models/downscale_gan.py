@@ -13,7 +13,8 @@ at the low-resolution size:
   blocks (ReLU), a ``width``-channel ConvGRU over time;
 - residual blocks (leaky ReLU 0.2) of ``upsample_channels`` (256/256/128/64/32), with bilinear
   2x upsampling before each of the last ``log2(factor)`` blocks (4 for factor 16), and a 3x3
-  output convolution to one channel (linear: the model space of the data transform).
+  output convolution to one channel (linear: the model space of the data transform);
+  optionally (``input_skip``, not in the paper) plus the bilinearly upsampled input.
 
 Discriminator (critic, Fig. 2b), for a high-res sequence and its low-res condition:
 
@@ -150,6 +151,11 @@ class Generator(nn.Module):
         upsampling precedes each of the last ``log2(factor)`` of them.
     in_channels
         Variables per low-res frame (1).
+    input_skip
+        Add the bilinearly upsampled low-res input to the output (whose convolution then
+        starts at zero, so an untrained generator interpolates). Not in the published model
+        (default off); it lets the small CPU configs learn in minutes what the paper's model
+        learns in days.
     """
 
     def __init__(
@@ -160,6 +166,7 @@ class Generator(nn.Module):
         preproc_blocks: int = 3,
         upsample_channels: Sequence[int] = (256, 256, 128, 64, 32),
         in_channels: int = 1,
+        input_skip: bool = False,
     ) -> None:
         super().__init__()
         steps = _factor_steps(factor)
@@ -199,6 +206,9 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.upsample = upsample
         self.output = _reflect_conv(channels, in_channels, 3, sn=False)
+        self.input_skip = bool(input_skip)
+        if self.input_skip:
+            nn.init.zeros_(self.output.weight)
 
     def sample_noise(
         self,
@@ -271,8 +281,12 @@ class Generator(nn.Module):
             if upsample:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = block(x)
-        out = self.output(x)
-        return out.reshape(b, t, h * self.factor, w * self.factor)
+        out = self.output(x).reshape(b, t, h * self.factor, w * self.factor)
+        if self.input_skip:
+            out = out + F.interpolate(
+                lowres, scale_factor=self.factor, mode="bilinear", align_corners=False
+            ).to(out.dtype)
+        return out
 
 
 class Discriminator(nn.Module):

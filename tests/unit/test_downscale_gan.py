@@ -102,6 +102,15 @@ def test_noise_drives_the_samples_and_zero_noise_is_deterministic():
     assert (a - c).abs().max() > 1e-4
 
 
+def test_input_skip_starts_as_bilinear_interpolation():
+    import torch.nn.functional as F
+
+    gen = Generator(factor=4, input_skip=True, **TINY_G)
+    lowres = torch.randn(2, 3, 4, 5)
+    expected = F.interpolate(lowres, scale_factor=4, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(gen(lowres), expected)
+
+
 def test_generator_is_recurrent_in_time():
     """Frame t depends on earlier frames (ConvGRU), never on later ones."""
     torch.manual_seed(0)
