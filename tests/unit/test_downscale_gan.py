@@ -400,6 +400,7 @@ def test_geogen_downscale_command_writes_cf_netcdf(trained, lowres, tmp_path):
         f"input={path}",
         "members=3",
         "device=cpu",
+        "baseline.downscale_gan.preserve_mean=true",
         "progress=false",
         f"out={out}",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -410,3 +411,7 @@ def test_geogen_downscale_command_writes_cf_netcdf(trained, lowres, tmp_path):
     assert hr.dims == ("member", "time", "y", "x") and hr.shape == (3, 3, 24, 20)
     np.testing.assert_allclose(hr["x"].values[:4], [-1500.0, -500.0, 500.0, 1500.0])
     assert hr.attrs["model"] == "downscale_gan"
+    assert hr.attrs["settings"]["preserve_mean"] is True
+    np.testing.assert_allclose(
+        block_mean(hr.values, 4), np.broadcast_to(lowres.values, (3, 3, 6, 5)), rtol=1e-4, atol=1e-5
+    )
