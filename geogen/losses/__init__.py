@@ -8,14 +8,24 @@ from geogen.losses.vae import (
     masked_sum,
     zero_inflated_nll,
 )
+from geogen.losses.wasserstein import (
+    gradient_penalty,
+    interpolate_samples,
+    wasserstein_critic_loss,
+    wasserstein_generator_loss,
+)
 
 __all__ = [
     "gaussian_kl",
     "gaussian_nll",
+    "gradient_penalty",
     "grid_cell_regulariser",
     "hinge_discriminator_loss",
     "hinge_generator_loss",
+    "interpolate_samples",
     "kl_weight",
     "masked_sum",
+    "wasserstein_critic_loss",
+    "wasserstein_generator_loss",
     "zero_inflated_nll",
 ]

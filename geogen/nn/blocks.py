@@ -189,21 +189,35 @@ class ConvGRU(nn.Module):
     hidden_channels
         Channels of the state ``h``.
     kernel_size
-        Side of the convolutions.
+        Side of the gate convolutions.
     sn
-        Spectrally normalise the convolutions (DGMR); ``False`` for plain ones (the VAE).
+        Spectrally normalise the convolutions (False: plain convolutions, as the generator of
+        Leinonen et al. 2020).
+    padding_mode
+        ``"zeros"`` or ``"reflect"`` (Leinonen et al. pad by reflection).
     """
 
     def __init__(
-        self, input_channels: int, hidden_channels: int, kernel_size: int = 3, *, sn: bool = True
+        self,
+        input_channels: int,
+        hidden_channels: int,
+        kernel_size: int = 3,
+        *,
+        sn: bool = True,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
         self.input_channels, self.hidden_channels = input_channels, hidden_channels
         both = input_channels + hidden_channels
         self.read_gate = conv2d(both, hidden_channels, kernel_size, sn=sn)
         self.update_gate = conv2d(both, hidden_channels, kernel_size, sn=sn)
         self.output = conv2d(both, hidden_channels, kernel_size, sn=sn)
         self.padding = kernel_size // 2
+        self.padding_mode = padding_mode
+        if padding_mode == "reflect":
+            self.output.padding_mode = "reflect"
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """One step: ``x`` ``(N, C_in, H, W)``, ``state`` ``(N, C_h, H, W)`` -> new state."""
@@ -212,7 +226,11 @@ class ConvGRU(nn.Module):
         xh = torch.cat([x, state], dim=1)
         weight = torch.cat([self.read_gate.weight, self.update_gate.weight])
         bias = torch.cat([self.read_gate.bias, self.update_gate.bias])
-        gates = torch.sigmoid(F.conv2d(xh, weight, bias, padding=self.padding))
+        if self.padding_mode == "reflect":
+            pad = (self.padding,) * 4
+            gates = torch.sigmoid(F.conv2d(F.pad(xh, pad, mode="reflect"), weight, bias))
+        else:
+            gates = torch.sigmoid(F.conv2d(xh, weight, bias, padding=self.padding))
         read, update = gates.chunk(2, dim=1)
         candidate = F.relu(self.output(torch.cat([x, read * state], dim=1)))
         return update * state + (1.0 - update) * candidate
