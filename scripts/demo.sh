@@ -3,7 +3,10 @@
 #   set up .venv -> prepare nowcasting crops from the sample radar data -> train DGMR (tiny
 #   width, a few minutes on CPU) -> reference nowcasts (persistence, pysteps extrapolation,
 #   pysteps STEPS) and a 20-member DGMR ensemble for the held-back case -> score every forecast
-#   in $OUT/forecasts against the archive -> plots and report.md.
+#   in $OUT/forecasts against the archive -> plots and report.md; then downscaling: pairs
+#   (128 x 128 crops and their 16 x 16 block means) -> the tiny downscaling GAN (when its
+#   experiment exists) -> interp, RainFARM (and GAN) ensembles of the held-back case, coarsened
+#   by 16 -> scores against the truth in $OUT/scores-downscale (with the paper's table).
 # Data: $GEOGEN_DATA, else ../shared/data/pysteps-data, else pysteps' example-data download
 # (GEOGEN_DOWNLOAD=1 fetches it; needs internet). Outputs go to $GEOGEN_DEMO_DIR (outputs/demo).
 set -euo pipefail
@@ -17,10 +20,15 @@ if ! DATA="$(python -m geogen.config)"; then
 fi
 echo "[demo] radar data: $DATA"
 echo "[demo] outputs:    $OUT"
+STARTED=$SECONDS
+stage() {  # stage N "what": print the stage with the minutes:seconds since the demo started
+    local t=$((SECONDS - STARTED))
+    printf '[demo] %s/9 %s  (at %d:%02d)\n' "$1" "$2" $((t / 60)) $((t % 60))
+}
 
 # 1. Crops for nowcasting: MeteoSwiss, 4 + 18 frames of 5 min, 256 x 256 crops every 128 px,
 #    DGMR importance sampling tuned for a small archive; the 2016-07-11 event is held back.
-echo "[demo] 1/5 prepare crops (geogen-prepare)"
+stage 1 "prepare nowcasting crops (geogen-prepare)"
 geogen-prepare source=mch paths.radar_root="$DATA" out="$OUT/mch_nowcast.zarr" \
     crop.stride=128 sampling=small_archive split.method=ranges \
     'split.ranges.test=[["2016-07-11T00:00","2016-07-12T06:00"]]' \
@@ -34,7 +42,7 @@ echo "[demo]      crop store at $OUT/mch_nowcast.zarr (open it with xarray.open_
 #    archive holds two events: one trains, one is held back), so validation is skipped.
 TRAIN_DIR="$OUT/train/dgmr_tiny"
 rm -rf "$TRAIN_DIR"
-echo "[demo] 2/5 train dgmr_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00} on CPU)"
+stage 2 "train dgmr_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00} on CPU)"
 geogen-train experiment=dgmr_tiny data.path="$OUT/mch_nowcast.zarr" \
     trainer.max_time="${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00}" trainer.max_epochs=100 \
     callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$TRAIN_DIR"
@@ -49,7 +57,7 @@ geogen-train experiment=dgmr_tiny data.path="$OUT/mch_nowcast.zarr" \
 CASE=(time=2016-07-11T22:00 'region=[160,320,256,256]' leads=18 paths.radar_root="$DATA")
 FORECASTS="$OUT/forecasts"
 mkdir -p "$FORECASTS"
-echo "[demo] 3/5 reference forecasts (geogen-forecast) -> $FORECASTS"
+stage 3 "reference forecasts (geogen-forecast) -> $FORECASTS"
 geogen-forecast model=persistence members=1 "${CASE[@]}" out="$FORECASTS/persistence.nc" \
     progress=false hydra.run.dir="$OUT/logs/forecast-persistence"
 geogen-forecast model=pysteps_extrapolation members=1 margin=96 "${CASE[@]}" \
@@ -60,15 +68,61 @@ geogen-forecast model=pysteps_steps members=20 seed=24 margin=96 "${CASE[@]}" \
 
 # 4. A 20-member DGMR ensemble for the same case, straight from the raw archive (the generator
 #    is fully convolutional: the window is forecast as it is).
-echo "[demo] 4/5 20-member DGMR forecast (geogen-forecast model=dgmr)"
+stage 4 "20-member DGMR forecast (geogen-forecast model=dgmr)"
 geogen-forecast model=dgmr ckpt="$TRAIN_DIR/checkpoints/last.ckpt" members=20 "${CASE[@]}" \
     out="$FORECASTS/dgmr.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr"
 
-# 5. Scores of every forecast against the archive, plots and the report (GIFs off here: the
-#    scoring process crashed at exit after writing them, see the README).
-echo "[demo] 5/5 score every forecast in $FORECASTS (geogen-score)"
-geogen-score "forecasts=['$FORECASTS/*.nc']" paths.radar_root="$DATA" out="$OUT/scores" plots.gif=false \
+# 5. Scores of every forecast against the archive, plots (with GIFs of members) and the report.
+stage 5 "score every forecast in $FORECASTS (geogen-score)"
+geogen-score "forecasts=['$FORECASTS/*.nc']" paths.radar_root="$DATA" out="$OUT/scores" \
     progress=false hydra.run.dir="$OUT/logs/score"
 
-echo "[demo] done: report at $OUT/scores/report.md (scores.csv, plots/ beside it); DGMR run in"
-echo "[demo]       $TRAIN_DIR (checkpoints/, panels/)"
+
+# 6. Downscaling pairs from the same archive: 8-frame sequences (every 2nd start) of 128 x 128
+#    crops and their 16 x 16 block means (8 x 8), the same held-back test range as above.
+stage 6 "prepare downscaling pairs (geogen-prepare task=downscale)"
+geogen-prepare source=mch task=downscale paths.radar_root="$DATA" out="$OUT/mch_downscale.zarr" \
+    sequence.stride=2 sampling=small_archive split.method=ranges \
+    'split.ranges.test=[["2016-07-11T00:00","2016-07-12T06:00"]]' \
+    hydra.run.dir="$OUT/logs/prepare-downscale"
+
+# 7. The tiny downscaling GAN (Leinonen et al. 2020), trained briefly on the training pairs
+#    (GEOGEN_DEMO_DS_TRAIN_TIME, default 2 minutes), when its experiment config exists.
+DOWNSCALED="$OUT/downscaled"
+GAN_DIR="$OUT/train/downscale_gan_tiny"
+DS_CASE=(source=mch time=2016-07-11T22:00 'region=[160,320,256,256]' coarsen=16 length=8
+    paths.radar_root="$DATA" progress=false)
+rm -rf "$DOWNSCALED"
+mkdir -p "$DOWNSCALED"
+if [ -f geogen/conf/experiment/downscale_gan_tiny.yaml ]; then
+    rm -rf "$GAN_DIR"
+    stage 7 "train downscale_gan_tiny (geogen-train, ${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00} on CPU)"
+    geogen-train experiment=downscale_gan_tiny data.path="$OUT/mch_downscale.zarr" \
+        trainer.max_time="${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00}" trainer.max_epochs=1000 \
+        callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$GAN_DIR"
+    geogen-downscale model=downscale_gan ckpt="$GAN_DIR/checkpoints/last.ckpt" members=20 \
+        "${DS_CASE[@]}" out="$DOWNSCALED/downscale_gan.nc" hydra.run.dir="$OUT/logs/downscale-gan"
+else
+    stage 7 "downscaling GAN: no experiment downscale_gan_tiny yet, skipped"
+fi
+
+# 8. References for the held-back case: the 8 frames ending 2016-07-11 22:00 of the same
+#    256 x 256 window, coarsened by 16 x 16 block means (16 x 16 pixels of 16 km), downscaled
+#    back to 1 km by interpolation and by a 20-member RainFARM ensemble.
+stage 8 "downscale the held-back case (geogen-downscale interp, rainfarm) -> $DOWNSCALED"
+geogen-downscale model=interp members=1 "${DS_CASE[@]}" out="$DOWNSCALED/interp.nc" \
+    hydra.run.dir="$OUT/logs/downscale-interp"
+geogen-downscale model=rainfarm members=20 seed=7 "${DS_CASE[@]}" out="$DOWNSCALED/rainfarm.nc" \
+    hydra.run.dir="$OUT/logs/downscale-rainfarm"
+
+# 9. Scores of every downscaled ensemble against the 1 km truth: mm/h scores and the paper's
+#    normalised log units beside its table.
+stage 9 "score every downscaled file in $DOWNSCALED (geogen-score task=downscale)"
+geogen-score task=downscale "forecasts=['$DOWNSCALED/*.nc']" paths.radar_root="$DATA" \
+    out="$OUT/scores-downscale" progress=false hydra.run.dir="$OUT/logs/score-downscale"
+
+t=$((SECONDS - STARTED))
+printf '[demo] done in %d:%02d\n' $((t / 60)) $((t % 60))
+echo "[demo]   nowcasts:    report at $OUT/scores/report.md (scores.csv, plots/ beside it); DGMR"
+echo "[demo]                run in $TRAIN_DIR (checkpoints/, panels/)"
+echo "[demo]   downscaling: report at $OUT/scores-downscale/report.md; ensembles in $DOWNSCALED"

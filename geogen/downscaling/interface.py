@@ -107,6 +107,7 @@ DOWNSCALERS: Registry[Downscaler] = Registry(
         "geogen.baselines.rainfarm",
         "geogen.downscaling.learned",
         "geogen.downscaling.vae",
+        "geogen.downscaling.flow",
     ),
 )
 

@@ -111,6 +111,7 @@ FORECASTERS: Registry[Forecaster] = Registry(
         "geogen.baselines.pysteps_methods",
         "geogen.forecasting.learned",
         "geogen.forecasting.vae",
+        "geogen.forecasting.flow",
     ),
 )
 

@@ -94,11 +94,23 @@ def write_dataset(
 
 
 def open_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Open a netCDF or zarr file written by :func:`write_dataset` (lazily)."""
+    """Open a netCDF or zarr file written by :func:`write_dataset` (lazily).
+
+    The engine is named explicitly (``zarr`` or ``netcdf4``): xarray's engine guessing loads
+    every installed backend, cfgrib included, whose ecCodes brings a second PROJ library
+    beside pyproj's and can crash the process at exit.
+    """
     path = Path(path)
     if path.suffix.lower() == ".zarr":
         return xr.open_zarr(path, decode_timedelta=True)
-    return xr.open_dataset(path, decode_timedelta=True)
+    return xr.open_dataset(path, engine=netcdf_engine(), decode_timedelta=True)
+
+
+def netcdf_engine() -> str:
+    """``netcdf4`` when netCDF4 is installed, else ``h5netcdf`` (both built into xarray)."""
+    import importlib.util
+
+    return "netcdf4" if importlib.util.find_spec("netCDF4") is not None else "h5netcdf"
 
 
 def _remove(path: Path) -> None:

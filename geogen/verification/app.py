@@ -5,6 +5,9 @@ Two modes, both ending in :func:`geogen.verification.report.write_report`:
 - files: ``forecasts=[a.nc, b.nc]`` (and ``models`` run on the same cases, or on ``times``
   with ``region``) against the observations of ``source``;
 - store: ``store=crops.zarr split=test models=[...]``, each case weighted by 1/sample_prob.
+
+``task=downscale`` scores ``geogen-downscale`` files (``forecasts=[...]``) against the
+archive's high-resolution frames instead (:mod:`geogen.verification.downscale`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class ScoreConfig(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    task: dict[str, Any] = Field(default_factory=lambda: {"name": "nowcast"})
     forecasts: list[str] = Field(default_factory=list)
     models: list[str | dict[str, Any]] = Field(default_factory=list)
     times: list[str] = Field(default_factory=list)
@@ -60,8 +64,30 @@ class ScoreConfig(BaseModel):
     plots: PlotSettings = Field(default_factory=PlotSettings)
     progress: bool = True
 
+    @property
+    def task_name(self) -> str:
+        """``nowcast`` or ``downscale`` (``task=...``)."""
+        return str(self.task.get("name", "nowcast"))
+
     @model_validator(mode="after")
     def _inputs(self) -> ScoreConfig:
+        if self.task_name not in ("nowcast", "downscale"):
+            raise ValueError(f"task must be nowcast or downscale, not {self.task_name!r}")
+        if self.task_name == "downscale":
+            if self.times:
+                raise ValueError("times= is for nowcasts; task=downscale scores files or a store")
+            if bool(self.forecasts) == (self.store is not None):
+                raise ValueError(
+                    "task=downscale: give forecasts=[a.nc,...] (from geogen-downscale source=... "
+                    "time=... coarsen=...), or store=pairs.zarr with models=[interp,rainfarm]"
+                )
+            if self.forecasts and self.models:
+                raise ValueError(
+                    "task=downscale scores files as they are; models= runs on a store's pairs"
+                )
+            if self.store is not None and not self.models:
+                raise ValueError("task=downscale store=...: give models=[interp,rainfarm,...]")
+            return self
         if self.store is None and not self.forecasts and not (self.models and self.times):
             raise ValueError(
                 "nothing to score: give forecasts=[a.nc,...], or store=crops.zarr with "
@@ -92,6 +118,22 @@ class ScoreConfig(BaseModel):
             specs.append(ModelSpec(name, kwargs))
         return specs
 
+    def downscaler_specs(self) -> dict[str, dict[str, Any]]:
+        """Downscalers to run on a store (task=downscale): name -> keyword arguments."""
+        specs: dict[str, dict[str, Any]] = {}
+        for entry in self.models:
+            extra = {} if isinstance(entry, str) else dict(entry)
+            name = entry if isinstance(entry, str) else extra.pop("name", None)
+            if name is None:
+                raise VerificationError(f"model entry {entry} has no 'name'")
+            kwargs = dict(self.baseline.get(str(name)) or {})
+            kwargs.update(extra)
+            if "ckpt" in kwargs:
+                kwargs.setdefault("device", self.device)
+                kwargs.setdefault("batch_members", self.batch_members)
+            specs[str(name)] = kwargs
+        return specs
+
 
 def validate_config(cfg: Mapping[str, Any]) -> ScoreConfig:
     """Validate a plain ``geogen-score`` config; errors name the bad keys."""
@@ -109,6 +151,38 @@ def run(config: ScoreConfig, provenance: Mapping[str, Any] | None = None) -> Pat
     """Score as configured and write the outputs; returns the path of ``report.md``."""
     from geogen.verification.report import write_report
 
+    if config.task_name == "downscale":
+        from geogen.verification.downscale import (
+            score_downscale_store,
+            score_downscaled,
+            write_downscale_report,
+        )
+
+        if config.store is not None:
+            result, example = score_downscale_store(
+                config.store,
+                config.downscaler_specs(),
+                split=config.split,
+                settings=config.scoring,
+                members=config.members,
+                max_cases=config.max_cases,
+                seed=config.seed,
+                weights=config.weights,
+                progress=config.progress,
+                plot_members=config.plots.members,
+            )
+        else:
+            result, example = score_downscaled(
+                config.forecasts,
+                config.source,
+                settings=config.scoring,
+                progress=config.progress,
+                plot_members=config.plots.members,
+            )
+        result.metadata["provenance"] = dict(provenance or {})
+        return write_downscale_report(
+            result, config.out, example=example, plot_settings=config.plots.model_dump()
+        )
     specs = config.model_specs()
     for spec in specs:  # fail on unknown models or settings before any work
         spec.build()

@@ -277,6 +277,7 @@ def _load_builtin() -> None:
     from geogen.verification import (  # noqa: F401  (modules register their metrics)
         categorical,
         continuous,
+        paper,
         probabilistic,
         spatial,
         spectra,

@@ -157,9 +157,14 @@ def _nearest_leads(available: Sequence[int], wanted: Sequence[int]) -> list[int]
 
 
 def plot_rank_histograms(
-    diagrams: pd.DataFrame, path: Path, *, leads: Sequence[int], dpi: int = 90
+    diagrams: pd.DataFrame,
+    path: Path,
+    *,
+    leads: Sequence[int],
+    dpi: int = 90,
+    label: str = "+{} min",
 ) -> Path | None:
-    """Rank histograms: one row per model, one column per lead time."""
+    """Rank histograms: one row per model, one column per lead time (``label`` names it)."""
     plt = _pyplot()
     data = diagrams[diagrams["diagram"] == "rank_histogram"]
     if data.empty:
@@ -177,7 +182,7 @@ def plot_rank_histograms(
             ax.bar(sel["x"], sel["y"], width=0.9, color="steelblue")
             if k:
                 ax.axhline(1.0 / k, color="k", lw=0.8, ls="--")
-            ax.set_title(f"{model}, +{lead} min", fontsize=9)
+            ax.set_title(f"{model}, {label.format(lead)}", fontsize=9)
             ax.set_xlabel("rank of the observation")
             ax.set_ylabel("frequency")
     fig.tight_layout()
@@ -235,6 +240,7 @@ def plot_rapsd(
     leads: Sequence[int],
     pixel_size_km: float | None = None,
     dpi: int = 90,
+    label: str = "+{} min",
 ) -> Path | None:
     """Radially averaged power spectra of forecasts (member mean) and observations."""
     plt = _pyplot()
@@ -265,7 +271,7 @@ def plot_rapsd(
         ax.invert_xaxis()
         ax.set_xlabel(f"wavelength ({unit})")
         ax.set_ylabel("power")
-        ax.set_title(f"+{lead} min", fontsize=9)
+        ax.set_title(label.format(lead), fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
@@ -372,3 +378,59 @@ def animate_members(
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_downscale_panel(
+    lowres: np.ndarray,
+    truth: np.ndarray,
+    members: dict[str, np.ndarray],
+    path: Path,
+    *,
+    shown: int = 3,
+    title: str = "",
+    dpi: int = 90,
+) -> Path | None:
+    """Low-resolution input and truth, then a row of members per model, one frame.
+
+    Parameters
+    ----------
+    lowres
+        ``(y_lowres, x_lowres)`` mm/h (drawn on the fine grid, block by block).
+    truth
+        ``(y, x)`` mm/h.
+    members
+        Model -> ``(member, y, x)`` mm/h: the first ``shown`` members are drawn, then the mean
+        of all of them.
+    """
+    plt = _pyplot()
+    if not members:
+        return None
+    width = max(2, max(min(m.shape[0], shown) + (m.shape[0] > 1) for m in members.values()))
+    cmap, norm, levels = precip_colormap()
+    rows = 1 + len(members)
+    fig, axes = plt.subplots(rows, width, figsize=(2.4 * width + 1, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    factor = truth.shape[-1] // max(lowres.shape[-1], 1)
+    coarse = np.repeat(np.repeat(lowres, factor, axis=0), factor, axis=1)
+    image = None
+    for c, (label, field) in enumerate((("low-res input", coarse), ("truth", truth))):
+        ax = axes[0, c]
+        ax.set_axis_on()
+        _, image = _show_field(ax, field, cmap, norm)
+        ax.set_title(label, fontsize=9)
+    for r, (model, values) in enumerate(members.items(), start=1):
+        fields = [(f"member {m}", values[m]) for m in range(min(values.shape[0], shown))]
+        if values.shape[0] > 1:
+            fields.append(("ensemble mean", values.mean(axis=0)))
+        for c, (label, field) in enumerate(fields):
+            ax = axes[r, c]
+            ax.set_axis_on()
+            _show_field(ax, field, cmap, norm)
+            ax.set_title(label, fontsize=8)
+        axes[r, 0].set_ylabel(model)
+    fig.suptitle(title, fontsize=10)
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes, ticks=levels, shrink=0.8)
+        bar.set_label("rain rate (mm/h)")
+    return _save(fig, path, dpi)

@@ -100,6 +100,13 @@ class BootstrapSettings(_Strict):
     seed: int = 0
 
 
+class PaperSettings(_Strict):
+    """The ``paper`` metric (Leinonen et al. 2020 units): image tile and MS-SSIM window."""
+
+    tile: int = Field(default=128, ge=2)
+    sigma: float = Field(default=1.5, gt=0)
+
+
 class ScoringSettings(_Strict):
     """What to score and how (``conf/scoring/default.yaml``)."""
 
@@ -122,6 +129,7 @@ class ScoringSettings(_Strict):
     rank_histogram: RankHistogramSettings = Field(default_factory=RankHistogramSettings)
     reliability: ReliabilitySettings = Field(default_factory=ReliabilitySettings)
     bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+    paper: PaperSettings = Field(default_factory=PaperSettings)
     forecast_nan: Literal["exclude", "raise"] = "exclude"
     seed: int = 0
 
@@ -143,6 +151,7 @@ class ScoringSettings(_Strict):
             "crps": self.crps.model_dump(),
             "rank_histogram": self.rank_histogram.model_dump(),
             "reliability": {"thresholds": self.thresholds, **self.reliability.model_dump()},
+            "paper": self.paper.model_dump(),
         }
         return {name: get_metric(name, **settings.get(name, {})) for name in self.metrics}
 
