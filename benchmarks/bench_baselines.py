@@ -1,5 +1,7 @@
 """Baseline generative models side by side: training-step time, sampling time, peak memory.
 
+VAEs, normalizing flows, DGMR and pysteps STEPS on the same input, in one run.
+
     python benchmarks/bench_baselines.py                         # every entry, CPU or GPU
     python benchmarks/bench_baselines.py --models vae_nowcast_tiny dgmr_tiny pysteps_steps
     python benchmarks/bench_baselines.py --device cuda
@@ -182,66 +184,44 @@ def _dgmr(base_channels: int, latent_channels: int, train: bool) -> Callable[...
     return build
 
 
-def _flow(task: str, tiny: bool) -> Callable[..., Bench]:
-    """The conditional Glow (geogen.models.flow) at the widths of experiment=flow_<task>[_tiny].
-
-    train_step: one maximum-likelihood step of the method (FlowNowcastMethod.nll /
-    FlowDownscaleMethod.nll: dry pixels dequantised below 0.1 mm/h, log1p space; nowcast:
-    method.train_leads = 4 lead frames of the whole 256 x 256 crop, as experiment=flow_nowcast;
-    the tiny experiment trains on 2 leads of 64 x 64 windows), Adam 1e-3, float32 (the flow
-    experiments do not use bf16). sample: one member, for nowcasting 18 leads drawn
-    autoregressively (18 flow inversions), each conditioned on the member's previous frames.
-    """
-
+def _flow(task: str, widths: dict, train_leads: int | None) -> Callable[..., Bench]:
     def build(args: argparse.Namespace, device) -> Bench:
         import torch
 
         from geogen.methods.flow import FlowDownscaleMethod, FlowNowcastMethod
         from geogen.models.flow import FlowDownscaler, FlowNowcaster
 
-        width = (
-            dict(levels=3, steps=4, hidden=32, condition_hidden=16)
-            if tiny
-            else dict(levels=4, steps=8, hidden=256, condition_hidden=64)
-        )
         if task == "nowcast":
-            net = FlowNowcaster(context_frames=CONTEXT, lead_frames=LEADS, **width)
+            net = FlowNowcaster(**widths)
             condition, target = nowcast_input()
-            method = FlowNowcastMethod(net, train_leads=4)
+            method = FlowNowcastMethod(net, train_leads=train_leads)
         else:
-            net = FlowDownscaler(frames=DOWNSCALE_FRAMES, factor=FACTOR, **width)
+            net = FlowDownscaler(**widths)
             condition, target = downscale_input()
             method = FlowDownscaleMethod(net)
-        method.data_info = {"transform": {"name": "log1p", "scale": 1.0}}
+        method.data_info = {"transform": {"name": "log1p", "scale": 1.0}, "lead": LEADS}
         method.to(device)
         condition = _batch(np.log1p(condition), args.batch, device)
         target = _batch(np.log1p(target), args.batch, device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-        leads = list(range(4))
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+        leads = list(range(train_leads)) if task == "nowcast" and train_leads else None
 
-        def loss() -> object:
+        def train_step() -> None:  # float32: the flows train without bf16
             if task == "nowcast":
-                return method.nll(condition, target, leads)["bpd"]
-            return method.nll(condition, target)["bpd"]
-
-        net.train()
-        with torch.no_grad():
-            loss()  # actnorm's data-dependent initialisation, as on the first training batch
-
-        def train_step() -> None:
-            value = loss()
+                loss = method.nll(condition, target, leads)["bpd"]
+            else:
+                loss = method.nll(condition, target)["bpd"]
             optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            loss.backward()
             optimizer.step()
 
         one = condition[:1]
 
         def sample() -> object:
-            net.eval()
             with torch.inference_mode():
                 if task == "nowcast":
-                    return method.sample(one, members=1, leads=LEADS)
-                return method.sample(one, members=1)
+                    return method.sample(one, 1, LEADS)
+                return method.sample(one, 1)
 
         return Bench(net, sample, train_step)
 
@@ -271,15 +251,25 @@ ENTRIES: dict[str, Entry] = {
     "vae_downscale_tiny": Entry(
         "downscale", _vae("downscale", 8, 4), "experiment=vae_downscale_tiny"
     ),
-    "flow_nowcast": Entry("nowcast", _flow("nowcast", tiny=False), "experiment=flow_nowcast"),
+    "flow_nowcast": Entry(
+        "nowcast",
+        _flow("nowcast", {"levels": 4, "steps": 8, "hidden": 256, "condition_hidden": 64}, 4),
+        "experiment=flow_nowcast widths; training step scores 4 leads (method.train_leads)",
+    ),
     "flow_nowcast_tiny": Entry(
-        "nowcast", _flow("nowcast", tiny=True), "experiment=flow_nowcast_tiny widths"
+        "nowcast",
+        _flow("nowcast", {"levels": 3, "steps": 4, "hidden": 32, "condition_hidden": 16}, 2),
+        "experiment=flow_nowcast_tiny widths; training step scores 2 leads, whole 256 crop",
     ),
     "flow_downscale": Entry(
-        "downscale", _flow("downscale", tiny=False), "experiment=flow_downscale"
+        "downscale",
+        _flow("downscale", {"levels": 4, "steps": 8, "hidden": 256, "condition_hidden": 64}, None),
+        "experiment=flow_downscale widths",
     ),
     "flow_downscale_tiny": Entry(
-        "downscale", _flow("downscale", tiny=True), "experiment=flow_downscale_tiny"
+        "downscale",
+        _flow("downscale", {"levels": 3, "steps": 4, "hidden": 32, "condition_hidden": 16}, None),
+        "experiment=flow_downscale_tiny widths",
     ),
     "dgmr_tiny": Entry("nowcast", _dgmr(4, 4, train=True), "experiment=dgmr_tiny widths"),
     "dgmr": Entry("nowcast", _dgmr(24, 8, train=False), "paper widths; training step on GPU only"),
