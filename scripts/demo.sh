@@ -37,14 +37,14 @@ geogen-prepare source=mch paths.radar_root="$DATA" out="$OUT/mch_nowcast.zarr" \
 echo "[demo]      crop store at $OUT/mch_nowcast.zarr (open it with xarray.open_zarr)"
 
 # 2. DGMR at a small width (experiment=dgmr_tiny) on the training split (the 2015-05-15 event),
-#    for a bounded time (GEOGEN_DEMO_TRAIN_TIME, default 4 minutes; a GAN this short-trained
+#    for a bounded time (GEOGEN_DEMO_TRAIN_TIME, default 3 minutes; a GAN this short-trained
 #    makes noisy forecasts: the point is the pipeline). The store has no validation split (the
 #    archive holds two events: one trains, one is held back), so validation is skipped.
 TRAIN_DIR="$OUT/train/dgmr_tiny"
 rm -rf "$TRAIN_DIR"
-stage 2 "train dgmr_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00} on CPU)"
+stage 2 "train dgmr_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:03:00} on CPU)"
 geogen-train experiment=dgmr_tiny data.path="$OUT/mch_nowcast.zarr" \
-    trainer.max_time="${GEOGEN_DEMO_TRAIN_TIME:-00:00:04:00}" trainer.max_epochs=100 \
+    trainer.max_time="${GEOGEN_DEMO_TRAIN_TIME:-00:00:03:00}" trainer.max_epochs=100 \
     callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$TRAIN_DIR"
 
 # 3. Reference nowcasts for the held-back case: issue time 2016-07-11 22:00 UTC, the 256 x 256

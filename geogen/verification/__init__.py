@@ -6,9 +6,12 @@
 - Pure functions: :func:`contingency_table`, :func:`categorical_scores`, :func:`fss`,
   :func:`crps`, :func:`crps_per_pixel`, :func:`pool`, :func:`rank_counts`,
   :func:`reliability_statistics`, :func:`ensemble_skill`, :func:`ensemble_spread`,
-  :func:`rapsd`.
+  :func:`rapsd`, and in the normalised log units of Leinonen et al. (2020)
+  :func:`to_paper_units`, :func:`log_spectral_distance`, :func:`ms_ssim`.
 - :mod:`geogen.verification.scoring`: forecast files against archive observations, or
   models over the cases of a crop store, to a tidy table of scores.
+- :mod:`geogen.verification.downscale`: downscaled files against the high-resolution truth
+  (``geogen-score task=downscale``), or downscalers over a downscale store.
 """
 
 from geogen.verification.categorical import (
@@ -27,6 +30,7 @@ from geogen.verification.interface import (
     get_metric,
     register_metric,
 )
+from geogen.verification.paper import log_spectral_distance, ms_ssim, to_paper_units
 from geogen.verification.probabilistic import (
     crps,
     crps_per_pixel,
@@ -62,6 +66,8 @@ __all__ = [
     "fss",
     "fss_statistics",
     "get_metric",
+    "log_spectral_distance",
+    "ms_ssim",
     "pool",
     "rank_counts",
     "rank_flatness",
@@ -69,4 +75,5 @@ __all__ = [
     "register_metric",
     "reliability_curve",
     "reliability_statistics",
+    "to_paper_units",
 ]

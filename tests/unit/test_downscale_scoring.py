@@ -240,10 +240,12 @@ def test_geogen_score_task_downscale_report(tmp_path, truth):
         assert (tmp_path / "out" / "plots" / name).stat().st_size > 0
     table = pd.read_csv(tmp_path / "out" / "scores.csv")
     assert {"paper_crps", "crps", "csi", "fss", "rank_flatness"} <= set(table["metric"])
-    with pytest.raises(VerificationError, match="task=downscale scores files only"):
+    with pytest.raises(VerificationError, match="scores files as they are; models= runs on a"):
         validate_config(
             {"task": {"name": "downscale"}, "forecasts": ["a.nc"], "models": ["x"], "out": "o"}
         )
+    with pytest.raises(VerificationError, match="store=...: give models="):
+        validate_config({"task": {"name": "downscale"}, "store": "p.zarr", "out": "o"})
 
 
 def test_opening_output_files_does_not_import_cfgrib(tmp_path, truth):
