@@ -87,24 +87,20 @@ geogen-prepare source=mch task=downscale paths.radar_root="$DATA" out="$OUT/mch_
     hydra.run.dir="$OUT/logs/prepare-downscale"
 
 # 7. The tiny downscaling GAN (Leinonen et al. 2020), trained briefly on the training pairs
-#    (GEOGEN_DEMO_DS_TRAIN_TIME, default 2 minutes), when its experiment config exists.
+#    (GEOGEN_DEMO_DS_TRAIN_TIME, default 2 minutes), then a 20-member ensemble of the held-back case.
 DOWNSCALED="$OUT/downscaled"
 GAN_DIR="$OUT/train/downscale_gan_tiny"
 DS_CASE=(source=mch time=2016-07-11T22:00 'region=[160,320,256,256]' coarsen=16 length=8
     paths.radar_root="$DATA" progress=false)
 rm -rf "$DOWNSCALED"
 mkdir -p "$DOWNSCALED"
-if [ -f geogen/conf/experiment/downscale_gan_tiny.yaml ]; then
-    rm -rf "$GAN_DIR"
-    stage 7 "train downscale_gan_tiny (geogen-train, ${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00} on CPU)"
-    geogen-train experiment=downscale_gan_tiny data.path="$OUT/mch_downscale.zarr" \
-        trainer.max_time="${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00}" trainer.max_epochs=1000 \
-        callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$GAN_DIR"
-    geogen-downscale model=downscale_gan ckpt="$GAN_DIR/checkpoints/last.ckpt" members=20 \
-        "${DS_CASE[@]}" out="$DOWNSCALED/downscale_gan.nc" hydra.run.dir="$OUT/logs/downscale-gan"
-else
-    stage 7 "downscaling GAN: no experiment downscale_gan_tiny yet, skipped"
-fi
+rm -rf "$GAN_DIR"
+stage 7 "train downscale_gan_tiny (geogen-train, ${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00} on CPU)"
+geogen-train experiment=downscale_gan_tiny data.path="$OUT/mch_downscale.zarr" \
+    trainer.max_time="${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00}" trainer.max_epochs=1000 \
+    callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$GAN_DIR"
+geogen-downscale model=downscale_gan ckpt="$GAN_DIR/checkpoints/last.ckpt" members=20 \
+    "${DS_CASE[@]}" out="$DOWNSCALED/downscale_gan.nc" hydra.run.dir="$OUT/logs/downscale-gan"
 
 # 8. References for the held-back case: the 8 frames ending 2016-07-11 22:00 of the same
 #    256 x 256 window, coarsened by 16 x 16 block means (16 x 16 pixels of 16 km), downscaled
