@@ -27,15 +27,14 @@ import numpy as np
 import torch
 
 from geogen.forecasting.interface import Forecaster, ForecastError, register_forecaster
-from geogen.forecasting.learned import load_geogen_checkpoint, resolve_device, sha256_file
+from geogen.forecasting.learned import (
+    load_geogen_checkpoint,
+    member_generator,
+    resolve_device,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
-
-
-def member_generator(seed: int, member: int) -> torch.Generator:
-    """A CPU generator for member ``member`` of an ensemble seeded with ``seed``."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class FlowCheckpoint:
@@ -51,6 +50,9 @@ class FlowCheckpoint:
         Where the network runs.
     error
         Exception class of the messages.
+    checkpoint, sha256
+        The checkpoint already read (by :func:`load_geogen_checkpoint`) and its SHA-256, to
+        avoid reading it again.
     """
 
     def __init__(
@@ -59,15 +61,18 @@ class FlowCheckpoint:
         task: str,
         device: torch.device,
         error: type[Exception] = ForecastError,
+        checkpoint: dict[str, Any] | None = None,
+        sha256: str | None = None,
     ) -> None:
         from hydra.utils import instantiate
 
         from geogen.data.transforms import get_transform
 
-        try:
-            checkpoint = load_geogen_checkpoint(ckpt, "flow")
-        except ForecastError as exc:
-            raise error(str(exc)) from exc
+        if checkpoint is None:
+            try:
+                checkpoint = load_geogen_checkpoint(ckpt, "flow")
+            except ForecastError as exc:
+                raise error(str(exc)) from exc
         meta = checkpoint["geogen"]
         self.meta = meta
         self.data = dict(meta["data"])
@@ -79,7 +84,7 @@ class FlowCheckpoint:
                 f"(use {command} model=flow)"
             )
         self.ckpt = str(ckpt)
-        self.sha256 = sha256_file(ckpt)
+        self.sha256 = sha256 or sha256_file(ckpt)
         try:
             network = instantiate(meta["network_config"])
         except Exception as exc:
