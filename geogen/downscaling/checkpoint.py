@@ -22,7 +22,12 @@ import torch
 
 from geogen.downscaling.interface import DownscaleError, Downscaler
 from geogen.forecasting.interface import ForecastError
-from geogen.forecasting.learned import load_geogen_checkpoint, resolve_device, sha256_file
+from geogen.forecasting.learned import (
+    load_geogen_checkpoint,
+    member_batches,
+    resolve_device,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +146,7 @@ class CheckpointDownscaler(Downscaler):
 
     def member_batches(self, members: int, progress: bool) -> Iterator[tuple[int, int]]:
         """``(start, stop)`` of the member batches (``batch_members`` each, tqdm if asked)."""
-        starts: Any = range(0, members, self.batch_members)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=f"{self.name} members", unit="batch")
-        for start in starts:
-            yield start, min(start + self.batch_members, members)
+        return member_batches(members, self.batch_members, progress, f"{self.name} members")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA when ``precision="bf16"``, else a no-op context."""
