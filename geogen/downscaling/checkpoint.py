@@ -23,6 +23,7 @@ import torch
 from geogen.downscaling.interface import DownscaleError, Downscaler
 from geogen.forecasting.interface import ForecastError
 from geogen.forecasting.learned import (
+    checkpoint_description,
     load_geogen_checkpoint,
     member_batches,
     resolve_device,
@@ -134,13 +135,7 @@ class CheckpointDownscaler(Downscaler):
     def describe(self) -> dict[str, Any]:
         """Model name, checkpoint path and SHA-256, network config, training data, settings."""
         return {
-            "model": self.name,
-            "checkpoint": self.ckpt,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "network_config": self.meta.get("network_config"),
-            "training_data": self.data,
-            "versions": self.meta.get("versions"),
-            "batch_members": self.batch_members,
+            **checkpoint_description(self),
             **self.settings(),
         }
 

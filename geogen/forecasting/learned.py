@@ -109,6 +109,22 @@ def member_generator(seed: int, member: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def checkpoint_description(model: Any) -> dict[str, Any]:
+    """The provenance that starts ``describe()`` of a checkpoint-backed ``model``.
+
+    Name, checkpoint path and SHA-256, network config, training data, versions, batch size.
+    """
+    return {
+        "model": model.name,
+        "checkpoint": model.ckpt,
+        "checkpoint_sha256": model.checkpoint_sha256,
+        "network_config": model.meta.get("network_config"),
+        "training_data": model.data,
+        "versions": model.meta.get("versions"),
+        "batch_members": model.batch_members,
+    }
+
+
 def member_batches(
     members: int, batch_members: int, progress: bool = False, desc: str = "members"
 ) -> Iterator[tuple[int, int]]:
@@ -268,13 +284,7 @@ class CheckpointForecaster(Forecaster):
         """Model name, checkpoint path and SHA-256, network config, training data, settings."""
         m = self.size_multiple
         return {
-            "model": self.name,
-            "checkpoint": self.ckpt,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "network_config": self.meta.get("network_config"),
-            "training_data": self.data,
-            "versions": self.meta.get("versions"),
-            "batch_members": self.batch_members,
+            **checkpoint_description(self),
             "precision": self.precision,
             "padding": f"zero (no rain) to multiples of {m}, cropped back" if m > 1 else "none",
         }
