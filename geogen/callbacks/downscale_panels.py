@@ -11,7 +11,7 @@ import lightning
 import numpy as np
 import torch
 
-from geogen.callbacks.panels import NowcastPanels
+from geogen.callbacks.panels import NowcastPanels, finish_panel
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,7 @@ def plot_downscale_panel(
         show(axes[1, col], truth[t], f"truth t{t}")
         for member in range(samples.shape[0]):
             show(axes[2 + member, col], samples[member, t], f"sample {member + 1}")
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label=units, extend="both")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return finish_panel(fig, axes, image, path, title=title, units=units)
 
 
 class DownscalePanels(NowcastPanels):
@@ -107,54 +97,28 @@ class DownscalePanels(NowcastPanels):
     is downscaled with the method's ``sample(lowres, members, generator)``.
     """
 
-    def _pick_example(self, trainer: lightning.Trainer, batch: dict[str, Any]) -> None:
-        example = None
-        datamodule = getattr(trainer, "datamodule", None)
-        dataset = getattr(datamodule, "val_dataset", None)
-        if dataset is not None and len(dataset) > 0:
-            example = {k: v.unsqueeze(0) for k, v in dataset[0].items()}
-        elif isinstance(batch, dict) and "lowres" in batch:
-            example = {k: v[:1].detach() for k, v in batch.items() if torch.is_tensor(v)}
-        self._example = example
+    input_key = "lowres"
 
-    @torch.no_grad()
-    def draw(
+    def sample(
         self,
-        trainer: lightning.Trainer,
         pl_module: lightning.LightningModule,
-        name: str,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The method's samples ``(1, members, time, Y, X)`` of the example (model space)."""
+        return pl_module.sample(inputs, members=self.samples, generator=generator)
+
+    def plot(
+        self,
+        fields: list[np.ndarray],
+        path: Path,
+        shown: list[int],
+        data: dict[str, Any],
+        *,
         title: str,
-    ) -> Path | None:
-        """Sample and save one panel (rank 0 only); returns its path."""
-        if not trainer.is_global_zero or self._example is None or not hasattr(pl_module, "sample"):
-            return None
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            lowres = self._example["lowres"].to(pl_module.device)
-            target = self._example["target"]
-            generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-            with torch.autocast(pl_module.device.type, enabled=False):
-                samples = pl_module.sample(lowres, members=self.samples, generator=generator)
-        finally:
-            pl_module.train(was_training)
-        transform = pl_module.transform
-        steps = target.shape[1]
-        frames = sorted({round(float(i)) for i in np.linspace(0, steps - 1, self.leads)})
-        data = getattr(pl_module, "data_info", {}) or {}
-
-        def physical(values: torch.Tensor) -> np.ndarray:
-            return np.asarray(transform.inverse(values.float().cpu()).numpy())
-
-        path = plot_downscale_panel(
-            physical(lowres[0]),
-            physical(target[0]),
-            physical(samples[0]),
-            self.dirpath / name,
-            frames=frames,
-            title=f"{type(pl_module).__name__}: {title}",
-            units=data.get("units") or "",
+    ) -> Path:
+        """Save the panel of ``fields`` (low-res, truth, samples in physical units) to ``path``."""
+        return plot_downscale_panel(
+            *fields, path, frames=shown, title=title, units=data.get("units") or ""
         )
-        self.written.append(path)
-        log.info("panel written to %s", path)
-        return path

@@ -91,6 +91,15 @@ def plot_nowcast_panel(
         show(axes[1, col], truth[lead], f"truth {minutes}")
         for member in range(samples.shape[0]):
             show(axes[2 + member, col], samples[member, lead], f"sample {member + 1}")
+    return finish_panel(fig, axes, image, path, title=title, units=units)
+
+
+def finish_panel(
+    fig: Any, axes: Any, image: Any, path: str | os.PathLike, *, title: str, units: str
+) -> Path:
+    """Colour bar of ``image``, title, and ``fig`` saved to ``path`` (temp-then-rename)."""
+    import matplotlib.pyplot as plt
+
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label=units, extend="both")
     if title:
@@ -102,6 +111,11 @@ def plot_nowcast_panel(
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def to_physical(transform: Any, values: torch.Tensor) -> np.ndarray:
+    """Model-space ``values`` -> physical-unit numpy array (on the CPU, float32)."""
+    return np.asarray(transform.inverse(values.float().cpu()).numpy())
 
 
 class NowcastPanels(lightning.Callback):
@@ -147,13 +161,16 @@ class NowcastPanels(lightning.Callback):
         self._example: dict[str, torch.Tensor] | None = None
         self.written: list[Path] = []
 
+    #: Key of the example's model input (``context`` here, ``lowres`` for downscaling).
+    input_key = "context"
+
     def _pick_example(self, trainer: lightning.Trainer, batch: dict[str, Any]) -> None:
         example = None
         datamodule = getattr(trainer, "datamodule", None)
         dataset = getattr(datamodule, "val_dataset", None)
         if dataset is not None and len(dataset) > 0:
             example = {k: v.unsqueeze(0) for k, v in dataset[0].items()}
-        elif isinstance(batch, dict) and "context" in batch:
+        elif isinstance(batch, dict) and self.input_key in batch:
             example = {k: v[:1].detach() for k, v in batch.items() if torch.is_tensor(v)}
         self._example = example
 
@@ -193,29 +210,54 @@ class NowcastPanels(lightning.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            context = self._example["context"].to(pl_module.device)
+            inputs = self._example[self.input_key].to(pl_module.device)
             target = self._example["target"]
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
             with torch.autocast(pl_module.device.type, enabled=False):
-                samples = pl_module.sample(
-                    context, members=self.samples, leads=target.shape[1], generator=generator
-                )
+                samples = self.sample(pl_module, inputs, target, generator)
         finally:
             pl_module.train(was_training)
-        transform = pl_module.transform
-        n_leads = target.shape[1]
-        lead_indices = sorted({round(float(i)) for i in np.linspace(0, n_leads - 1, self.leads)})
+        steps = target.shape[1]
+        shown = sorted({round(float(i)) for i in np.linspace(0, steps - 1, self.leads)})
         data = getattr(pl_module, "data_info", {}) or {}
-        path = plot_nowcast_panel(
-            np.asarray(transform.inverse(context[0].float().cpu()).numpy()),
-            np.asarray(transform.inverse(target[0].float().cpu()).numpy()),
-            np.asarray(transform.inverse(samples[0].float().cpu()).numpy()),
+        path = self.plot(
+            [to_physical(pl_module.transform, x[0]) for x in (inputs, target, samples)],
             self.dirpath / name,
-            lead_indices=lead_indices,
-            timestep_minutes=data.get("timestep_minutes"),
+            shown,
+            data,
             title=f"{type(pl_module).__name__}: {title}",
-            units=data.get("units") or "",
         )
         self.written.append(path)
         log.info("panel written to %s", path)
         return path
+
+    def sample(
+        self,
+        pl_module: lightning.LightningModule,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The method's samples ``(1, members, lead, y, x)`` of the example (model space)."""
+        return pl_module.sample(
+            inputs, members=self.samples, leads=target.shape[1], generator=generator
+        )
+
+    def plot(
+        self,
+        fields: list[np.ndarray],
+        path: Path,
+        shown: list[int],
+        data: dict[str, Any],
+        *,
+        title: str,
+    ) -> Path:
+        """Save the panel of ``fields`` (input, truth, samples in physical units) to ``path``."""
+        return plot_nowcast_panel(
+            *fields,
+            path,
+            lead_indices=shown,
+            timestep_minutes=data.get("timestep_minutes"),
+            title=title,
+            units=data.get("units") or "",
+        )

@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from geogen.downscaling.interface import DownscaleError, Downscaler, register_downscaler
-from geogen.forecasting.flow import FlowCheckpoint, member_generator
-from geogen.forecasting.learned import resolve_device
+from geogen.downscaling.checkpoint import CheckpointDownscaler
+from geogen.downscaling.interface import DownscaleError, register_downscaler
+from geogen.forecasting.flow import FlowCheckpoint
+from geogen.forecasting.learned import member_generator
 
 log = logging.getLogger(__name__)
 
 
 @register_downscaler("flow")
-class FlowDownscalerModel(Downscaler):
+class FlowDownscalerModel(CheckpointDownscaler):
     """High-resolution ensembles from a trained conditional flow (SRFlow-like).
 
     Parameters
@@ -52,7 +53,7 @@ class FlowDownscalerModel(Downscaler):
         Scale of the latent noise (default: the method's).
     """
 
-    stochastic = True
+    checkpoint_model = "flow"
 
     def __init__(
         self,
@@ -61,73 +62,59 @@ class FlowDownscalerModel(Downscaler):
         batch_members: int = 4,
         temperature: float | None = None,
     ) -> None:
-        if ckpt is None:
-            raise DownscaleError("model=flow needs a checkpoint: ckpt=PATH (from geogen-train)")
-        if int(batch_members) < 1:
-            raise DownscaleError(f"batch_members must be >= 1, got {batch_members}")
-        self.device = resolve_device(device)
-        self.model = FlowCheckpoint(ckpt, "downscale", self.device, error=DownscaleError)
-        self.network = self.model.network
-        self.batch_members = int(batch_members)
+        super().__init__(ckpt, device, batch_members)
         self.temperature = self.model.temperature if temperature is None else float(temperature)
         if self.temperature < 0:
             raise DownscaleError(f"temperature must be >= 0, got {self.temperature}")
-        self.factor = int(self.network.factor)
-        self.variable = self.model.data.get("variable")
         self.frames = int(self.network.frames)
 
-    def describe(self) -> dict[str, Any]:
-        """Model name, checkpoint provenance and sampling settings."""
-        return {
-            "model": self.name,
-            **self.model.describe(),
-            "temperature": self.temperature,
-            "batch_members": self.batch_members,
-            "frames_per_window": self.frames,
-        }
+    def build(self, checkpoint: dict[str, Any]) -> int:
+        """The flow of the checkpoint with its sampling settings (:class:`FlowCheckpoint`)."""
+        self.model = FlowCheckpoint(
+            self.ckpt,
+            "downscale",
+            self.device,
+            error=DownscaleError,
+            checkpoint=checkpoint,
+            sha256=self.checkpoint_sha256,
+        )
+        self.network = self.model.network
+        return int(self.network.factor)
 
-    def predict(
-        self,
-        lowres: np.ndarray,
-        *,
-        factor: int,
-        members: int,
-        seed: int,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """``(member, time, y f, x f)`` from ``lowres (time, y, x)`` (see module doc)."""
-        lowres = np.asarray(lowres, dtype=np.float32)
-        if lowres.ndim != 3:
-            raise DownscaleError(f"lowres must be (time, y, x), got shape {lowres.shape}")
-        if factor != self.factor:
-            raise DownscaleError(f"flow was trained for factor {self.factor}, not {factor}")
-        n_time, ny, nx = lowres.shape
-        if n_time < self.frames:
+    def settings(self) -> dict[str, Any]:
+        """Sampling settings of the flow."""
+        described = self.model.describe()
+        return {
+            key: described[key] for key in ("dry_threshold_mm_h", "max_rain_mm_h", "dequantisation")
+        } | {"temperature": self.temperature, "frames_per_window": self.frames}
+
+    def check_grid(self, steps: int, h: int, w: int) -> None:
+        """At least one window of ``frames`` frames; ``factor`` and ``2^levels`` nest."""
+        if steps < self.frames:
             raise DownscaleError(
-                f"flow downscales sequences of {self.frames} frames jointly; got {n_time} "
+                f"flow downscales sequences of {self.frames} frames jointly; got {steps} "
                 f"(length={self.frames})"
             )
-        coarse_multiple = max(1, self.network.multiple // self.factor)
         if self.network.multiple % self.factor and self.factor % self.network.multiple:
             raise DownscaleError(
                 f"factor {self.factor} and the flow's 2^levels {self.network.multiple} do not nest"
             )
-        inputs, _ = self.model.to_model(lowres, coarse_multiple)
+
+    def generate(self, filled: np.ndarray, members: int, seed: int, progress: bool) -> np.ndarray:
+        """Members window by window (see module doc), in mm/h."""
+        n_time, ny, nx = filled.shape
+        factor = self.factor
+        coarse_multiple = max(1, self.network.multiple // factor)
+        inputs, _ = self.model.to_model(filled, coarse_multiple)
         inputs = inputs.to(self.device)
-        height, width = (s * self.factor for s in inputs.shape[-2:])
+        height, width = (s * factor for s in inputs.shape[-2:])
         starts = list(range(0, n_time - self.frames + 1, self.frames))
         if starts[-1] + self.frames < n_time:
             starts.append(n_time - self.frames)
         out = np.full((members, n_time, ny * factor, nx * factor), np.nan, dtype=np.float32)
         shapes = self.network.flow.latent_shapes(height, width)
-        batches = range(0, members, self.batch_members)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="flow members", unit="batch")
         with torch.inference_mode():
-            for start in batches:
-                stop = min(start + self.batch_members, members)
+            for start, stop in self.member_batches(members, progress):
                 generators = [member_generator(seed, m) for m in range(start, stop)]
                 done = np.zeros(n_time, dtype=bool)
                 for t0 in starts:
@@ -145,10 +132,6 @@ class FlowDownscalerModel(Downscaler):
                     times = [t for t in range(t0, t0 + self.frames) if not done[t]]
                     out[start:stop, times] = rain[:, [t - t0 for t in times]]
                     done[times] = True
-        no_data = ~np.isfinite(lowres)
-        if no_data.any():
-            fine = np.repeat(np.repeat(no_data, factor, axis=1), factor, axis=2)
-            out[:, fine] = np.nan
         self.model.warn_capped()
         log.debug("flow downscaled %d frames in %d windows", n_time, len(starts))
         return out

@@ -27,15 +27,17 @@ import numpy as np
 import torch
 
 from geogen.forecasting.interface import Forecaster, ForecastError, register_forecaster
-from geogen.forecasting.learned import load_geogen_checkpoint, resolve_device, sha256_file
+from geogen.forecasting.learned import (
+    build_submodule,
+    check_context,
+    load_geogen_checkpoint,
+    member_batches,
+    member_generator,
+    resolve_device,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
-
-
-def member_generator(seed: int, member: int) -> torch.Generator:
-    """A CPU generator for member ``member`` of an ensemble seeded with ``seed``."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class FlowCheckpoint:
@@ -51,6 +53,9 @@ class FlowCheckpoint:
         Where the network runs.
     error
         Exception class of the messages.
+    checkpoint, sha256
+        The checkpoint already read (by :func:`load_geogen_checkpoint`) and its SHA-256, to
+        avoid reading it again.
     """
 
     def __init__(
@@ -59,15 +64,16 @@ class FlowCheckpoint:
         task: str,
         device: torch.device,
         error: type[Exception] = ForecastError,
+        checkpoint: dict[str, Any] | None = None,
+        sha256: str | None = None,
     ) -> None:
-        from hydra.utils import instantiate
-
         from geogen.data.transforms import get_transform
 
-        try:
-            checkpoint = load_geogen_checkpoint(ckpt, "flow")
-        except ForecastError as exc:
-            raise error(str(exc)) from exc
+        if checkpoint is None:
+            try:
+                checkpoint = load_geogen_checkpoint(ckpt, "flow")
+            except ForecastError as exc:
+                raise error(str(exc)) from exc
         meta = checkpoint["geogen"]
         self.meta = meta
         self.data = dict(meta["data"])
@@ -79,23 +85,11 @@ class FlowCheckpoint:
                 f"(use {command} model=flow)"
             )
         self.ckpt = str(ckpt)
-        self.sha256 = sha256_file(ckpt)
+        self.sha256 = sha256 or sha256_file(ckpt)
         try:
-            network = instantiate(meta["network_config"])
-        except Exception as exc:
-            raise error(f"{ckpt}: cannot build the flow: {exc}") from exc
-        prefix = "network."
-        state = {
-            key[len(prefix) :]: value
-            for key, value in checkpoint["state_dict"].items()
-            if key.startswith(prefix)
-        }
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as exc:
-            raise error(
-                f"{ckpt}: the weights do not fit the network config stored with them: {exc}"
-            ) from exc
+            network = build_submodule(checkpoint, ckpt, meta["network_config"], "network.")
+        except ForecastError as exc:
+            raise error(str(exc)) from exc
         self.network = network.to(device).eval()
         hparams = checkpoint.get("hyper_parameters") or {}
         self.dry_threshold = float(hparams.get("dry_threshold", 0.1))
@@ -227,19 +221,9 @@ class FlowForecaster(Forecaster):
         progress: bool = False,
     ) -> np.ndarray:
         """``(member, lead, y, x)`` mm/h from ``context`` ``(time, y, x)`` mm/h (module doc)."""
-        context = np.asarray(context, dtype=np.float32)
-        if context.ndim != 3:
-            raise ForecastError(f"context must be (time, y, x), got shape {context.shape}")
-        if context.shape[0] < self.n_context:
-            raise ForecastError(
-                f"flow needs {self.n_context} context frames, got {context.shape[0]}"
-            )
-        if not np.isclose(timestep_minutes, self.timestep_minutes):
-            raise ForecastError(
-                f"flow was trained on {self.timestep_minutes:g}-minute steps; the context is "
-                f"every {timestep_minutes:g} minutes"
-            )
-        context = context[-self.n_context :]
+        context = check_context(
+            "flow", context, self.n_context, timestep_minutes, self.timestep_minutes
+        )
         ny, nx = context.shape[1:]
         multiple = self.network.multiple
         if ny < multiple or nx < multiple:
@@ -251,15 +235,10 @@ class FlowForecaster(Forecaster):
         inputs = inputs[None].to(self.device)
         height, width = inputs.shape[-2:]
         out = np.empty((members, leads, ny, nx), dtype=np.float32)
-        batches = range(0, members, self.batch_members)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="flow members", unit="batch")
         shapes = self.network.flow.latent_shapes(height, width)
+        batches = member_batches(members, self.batch_members, progress, "flow members")
         with torch.inference_mode():
-            for start in batches:
-                stop = min(start + self.batch_members, members)
+            for start, stop in batches:
                 per_member = [member_noise(seed, m, shapes, leads) for m in range(start, stop)]
                 noise = [
                     [

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,65 @@ def member_generator(seed: int, member: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(member)]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def checkpoint_description(model: Any) -> dict[str, Any]:
+    """The provenance that starts ``describe()`` of a checkpoint-backed ``model``.
+
+    Name, checkpoint path and SHA-256, network config, training data, versions, batch size.
+    """
+    return {
+        "model": model.name,
+        "checkpoint": model.ckpt,
+        "checkpoint_sha256": model.checkpoint_sha256,
+        "network_config": model.meta.get("network_config"),
+        "training_data": model.data,
+        "versions": model.meta.get("versions"),
+        "batch_members": model.batch_members,
+    }
+
+
+def member_batches(
+    members: int, batch_members: int, progress: bool = False, desc: str = "members"
+) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive batches of at most ``batch_members`` members.
+
+    With ``progress``, a tqdm bar labelled ``desc`` counts the batches.
+    """
+    starts: Any = range(0, members, batch_members)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch")
+    for start in starts:
+        yield start, min(start + batch_members, members)
+
+
+def check_context(
+    name: str,
+    context: np.ndarray,
+    n_context: int,
+    timestep_minutes: float,
+    trained_minutes: float,
+) -> np.ndarray:
+    """The last ``n_context`` frames of ``context`` ``(time, y, x)`` as float32, after checks.
+
+    Raises
+    ------
+    ForecastError
+        When ``context`` is not 3-D, has too few frames or another time step than training.
+    """
+    context = np.asarray(context, dtype=np.float32)
+    if context.ndim != 3:
+        raise ForecastError(f"context must be (time, y, x), got shape {context.shape}")
+    if context.shape[0] < n_context:
+        raise ForecastError(f"{name} needs {n_context} context frames, got {context.shape[0]}")
+    if not np.isclose(timestep_minutes, trained_minutes):
+        raise ForecastError(
+            f"{name} was trained on {trained_minutes:g}-minute steps; the context is "
+            f"every {timestep_minutes:g} minutes"
+        )
+    return context[-n_context:]
 
 
 def build_submodule(
@@ -224,13 +284,7 @@ class CheckpointForecaster(Forecaster):
         """Model name, checkpoint path and SHA-256, network config, training data, settings."""
         m = self.size_multiple
         return {
-            "model": self.name,
-            "checkpoint": self.ckpt,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "network_config": self.meta.get("network_config"),
-            "training_data": self.data,
-            "versions": self.meta.get("versions"),
-            "batch_members": self.batch_members,
+            **checkpoint_description(self),
             "precision": self.precision,
             "padding": f"zero (no rain) to multiples of {m}, cropped back" if m > 1 else "none",
         }
@@ -247,19 +301,9 @@ class CheckpointForecaster(Forecaster):
     ) -> np.ndarray:
         """``(member, lead, y, x)`` mm/h from ``context`` ``(time, y, x)`` mm/h (see module doc)."""
         name = self.name
-        context = np.asarray(context, dtype=np.float32)
-        if context.ndim != 3:
-            raise ForecastError(f"context must be (time, y, x), got shape {context.shape}")
-        if context.shape[0] < self.n_context:
-            raise ForecastError(
-                f"{name} needs {self.n_context} context frames, got {context.shape[0]}"
-            )
-        if not np.isclose(timestep_minutes, self.timestep_minutes):
-            raise ForecastError(
-                f"{name} was trained on {self.timestep_minutes:g}-minute steps; the context is "
-                f"every {timestep_minutes:g} minutes"
-            )
-        context = context[-self.n_context :]
+        context = check_context(
+            name, context, self.n_context, timestep_minutes, self.timestep_minutes
+        )
         ny, nx = context.shape[1:]
         if ny < self.min_domain or nx < self.min_domain:
             raise ForecastError(
@@ -275,15 +319,10 @@ class CheckpointForecaster(Forecaster):
         padded = np.pad(model_space, ((0, 0), (0, pad_y), (0, pad_x)), constant_values=zero)
         inputs = torch.from_numpy(padded)[None].to(self.device)
         out = np.empty((members, leads, ny, nx), dtype=np.float32)
-        batches = range(0, members, self.batch_members)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"{name} members", unit="batch")
+        batches = member_batches(members, self.batch_members, progress, f"{name} members")
         autocast = self.precision == "bf16" and self.device.type == "cuda"
         with torch.inference_mode():
-            for start in batches:
-                stop = min(start + self.batch_members, members)
+            for start, stop in batches:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     frames = self.forecast_batch(inputs, leads, range(start, stop), seed)
                 values = self.transform.inverse(frames[..., :ny, :nx].float()).cpu().numpy()

@@ -207,6 +207,36 @@ class GeogenMethod(lightning.LightningModule):
             factory = factories
         return factory(parameters)
 
+    # -- shared step helpers -----------------------------------------------------------------
+    def require_task(self, data: Mapping[str, Any], task: str) -> None:
+        """Raise unless ``data`` describes a store prepared for ``task``."""
+        if data.get("task") != task:
+            raise ValueError(
+                f"{type(self).__name__} trains on {task} crop stores; {data.get('store')} is a "
+                f"{data.get('task')!r} store (geogen-prepare task={task})"
+            )
+
+    def eval_generator(self, batch_idx: int, device: torch.device | None = None) -> torch.Generator:
+        """The generator of evaluation batch ``batch_idx``, seeded from ``hparams.val_seed``."""
+        generator = torch.Generator(device=self.device if device is None else device)
+        generator.manual_seed(int(self.hparams.val_seed) * 1_000_003 + batch_idx)
+        return generator
+
+    def log_stage(
+        self,
+        stage: str,
+        metrics: Mapping[str, torch.Tensor],
+        batch_size: int,
+        prog_bar: bool = False,
+    ) -> None:
+        """Log ``metrics`` as ``{stage}/{name}`` (synchronised across devices)."""
+        self.log_dict(
+            {f"{stage}/{key}": value for key, value in metrics.items()},
+            batch_size=batch_size,
+            sync_dist=True,
+            prog_bar=prog_bar,
+        )
+
     # -- GPU niceties -------------------------------------------------------------------------
     @property
     def use_channels_last(self) -> bool:
@@ -275,6 +305,22 @@ class GeogenMethod(lightning.LightningModule):
             self._pending_rng = None
 
 
+class StagedEvaluation:
+    """Mixin: ``validation_step`` and ``test_step`` are :meth:`_evaluate` on their stage."""
+
+    def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        """Compute and log the metrics of ``batch`` under ``stage`` (``"val"`` or ``"test"``)."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Metrics of a validation batch (seeded, see :meth:`_evaluate`)."""
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """As :meth:`validation_step`, on the test split."""
+        self._evaluate(batch, batch_idx, "test")
+
+
 class NowcastMethod(GeogenMethod):
     """A method whose network forecasts lead frames from context frames.
 
@@ -283,11 +329,7 @@ class NowcastMethod(GeogenMethod):
 
     def check_data(self, data: Mapping[str, Any]) -> None:
         """Nowcasting needs a nowcast store."""
-        if data.get("task") != "nowcast":
-            raise ValueError(
-                f"{type(self).__name__} trains on nowcast crop stores; {data.get('store')} is a "
-                f"{data.get('task')!r} store (geogen-prepare task=nowcast)"
-            )
+        self.require_task(data, "nowcast")
 
     def sample(
         self,

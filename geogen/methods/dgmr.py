@@ -31,13 +31,13 @@ import torch
 from torchmetrics.regression import CriticalSuccessIndex
 
 from geogen.losses import grid_cell_regulariser, hinge_discriminator_loss, hinge_generator_loss
-from geogen.methods.base import NowcastMethod, OptimizerFactory
+from geogen.methods.base import NowcastMethod, OptimizerFactory, StagedEvaluation
 from geogen.models.dgmr import DGMR
 
 log = logging.getLogger(__name__)
 
 
-class DGMRMethod(NowcastMethod):
+class DGMRMethod(StagedEvaluation, NowcastMethod):
     """Train a :class:`~geogen.models.dgmr.DGMR` (generator + discriminators) adversarially.
 
     Parameters
@@ -251,9 +251,9 @@ class DGMRMethod(NowcastMethod):
 
     # -- evaluation ---------------------------------------------------------------------------
     def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        """Losses and CSI of the batch (seeded samples)."""
         context, target, mask = self._inputs(batch)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.hparams.val_seed * 1_000_003 + batch_idx)
+        generator = self.eval_generator(batch_idx)
         d = {}
         with torch.no_grad():
             fake = self._fill_missing(
@@ -282,14 +282,6 @@ class DGMRMethod(NowcastMethod):
             sync_dist=True,
         )
         self.log(f"{stage}/csi", self.val_csi, batch_size=batch_size, on_epoch=True)
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Losses and CSI on a validation batch (seeded samples)."""
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Losses and CSI on a test batch (seeded samples)."""
-        self._evaluate(batch, batch_idx, "test")
 
     # -- sampling -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -38,7 +38,7 @@ from geogen.losses import (
     wasserstein_critic_loss,
     wasserstein_generator_loss,
 )
-from geogen.methods.base import GeogenMethod, OptimizerFactory
+from geogen.methods.base import GeogenMethod, OptimizerFactory, StagedEvaluation
 from geogen.models.downscale_gan import DownscaleGAN
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return ((prediction - target) ** 2 * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-class DownscaleMethod(GeogenMethod):
+class DownscaleMethod(StagedEvaluation, GeogenMethod):
     """What the downscaling recipes share: data checks, inputs, sampling, validation.
 
     Parameters
@@ -97,11 +97,7 @@ class DownscaleMethod(GeogenMethod):
     def check_data(self, data: Mapping[str, Any]) -> None:
         """A downscale store of the generator's factor, crops a multiple of it."""
         store = data.get("store")
-        if data.get("task") != "downscale":
-            raise ValueError(
-                f"{type(self).__name__} trains on downscale pair stores; {store} is a "
-                f"{data.get('task')!r} store (geogen-prepare task=downscale)"
-            )
+        self.require_task(data, "downscale")
         if int(data.get("factor") or 0) != self.factor:
             raise ValueError(
                 f"{store} pairs are for factor {data.get('factor')}; the generator's is "
@@ -166,9 +162,9 @@ class DownscaleMethod(GeogenMethod):
         return torch.stack(out, dim=1)
 
     def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        """MSE of a seeded sample (and the critic's Wasserstein estimate)."""
         lowres, target, mask = self._inputs(batch)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(self.hparams.val_seed) * 1_000_003 + batch_idx)
+        generator = self.eval_generator(batch_idx)
         with torch.no_grad():
             fake = self._fill_missing(self.generate(lowres, generator=generator), mask)
             metrics = {f"{stage}/mse": masked_mse(fake.float(), target.float(), mask)}
@@ -178,14 +174,6 @@ class DownscaleMethod(GeogenMethod):
                 real, fake_scores = scores.chunk(2)
                 metrics[f"{stage}/wasserstein"] = (real.mean() - fake_scores.mean()).float()
         self.log_dict(metrics, batch_size=lowres.shape[0], sync_dist=True, prog_bar=True)
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """MSE of a seeded sample (and the critic's Wasserstein estimate)."""
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """As :meth:`validation_step`, on the test split."""
-        self._evaluate(batch, batch_idx, "test")
 
 
 class DownscaleGANMethod(DownscaleMethod):

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from geogen.losses.flow import bits_per_dim, dequantize_dry
-from geogen.methods.base import GeogenMethod, NowcastMethod, OptimizerFactory
+from geogen.methods.base import GeogenMethod, NowcastMethod, OptimizerFactory, StagedEvaluation
 from geogen.models.flow import FlowDownscaler, FlowNowcaster
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,8 @@ class _FlowMixin:
         rain = torch.where(rain < self.hparams.dry_threshold, torch.zeros_like(rain), rain)
         return self.transform.forward(rain).to(values.dtype)
 
-    def _eval_generator(self, batch_idx: int, device: torch.device) -> torch.Generator:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(self.hparams.val_seed) * 1_000_003 + batch_idx)
-        return generator
 
-
-class FlowNowcastMethod(_FlowMixin, NowcastMethod):
+class FlowNowcastMethod(_FlowMixin, StagedEvaluation, NowcastMethod):
     """Train a :class:`~geogen.models.flow.FlowNowcaster` by maximum likelihood.
 
     Parameters
@@ -203,8 +198,9 @@ class FlowNowcastMethod(_FlowMixin, NowcastMethod):
         return out["bpd"]
 
     def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        """Bits/dim of all lead frames (seeded dequantisation)."""
         context, target = batch["context"], batch["target"]
-        generator = self._eval_generator(batch_idx, context.device)
+        generator = self.eval_generator(batch_idx, context.device)
         with torch.no_grad():
             parts = [
                 self.nll(context, target, [lead], generator) for lead in range(target.shape[1])
@@ -212,20 +208,7 @@ class FlowNowcastMethod(_FlowMixin, NowcastMethod):
         batch_size = context.shape[0]
         mean = {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
         mean["nll"] = mean["nll"] * len(parts)  # the sequence's NLL is the sum over leads
-        self.log_dict(
-            {f"{stage}/{key}": value for key, value in mean.items()},
-            batch_size=batch_size,
-            sync_dist=True,
-            prog_bar=stage == "val",
-        )
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Bits/dim of all lead frames (seeded dequantisation)."""
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Bits/dim of all lead frames on the test split (seeded dequantisation)."""
-        self._evaluate(batch, batch_idx, "test")
+        self.log_stage(stage, mean, batch_size, prog_bar=stage == "val")
 
     @torch.no_grad()
     def sample(
@@ -253,7 +236,7 @@ class FlowNowcastMethod(_FlowMixin, NowcastMethod):
         return torch.stack(out, dim=1)
 
 
-class FlowDownscaleMethod(_FlowMixin, GeogenMethod):
+class FlowDownscaleMethod(_FlowMixin, StagedEvaluation, GeogenMethod):
     """Train a :class:`~geogen.models.flow.FlowDownscaler` by maximum likelihood.
 
     Parameters are those of :class:`FlowNowcastMethod` but ``train_leads``.
@@ -283,11 +266,7 @@ class FlowDownscaleMethod(_FlowMixin, GeogenMethod):
     def check_data(self, data: Mapping[str, Any]) -> None:
         """A downscale store with the flow's factor, frames and a fitting crop size."""
         store = data.get("store")
-        if data.get("task") != "downscale":
-            raise ValueError(
-                f"FlowDownscaleMethod trains on downscale stores; {store} is a "
-                f"{data.get('task')!r} store (geogen-prepare task=downscale)"
-            )
+        self.require_task(data, "downscale")
         if data.get("factor") != self.network.factor:
             raise ValueError(
                 f"{store} has factor {data.get('factor')}; the flow is built for "
@@ -341,23 +320,11 @@ class FlowDownscaleMethod(_FlowMixin, GeogenMethod):
         return out["bpd"]
 
     def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
-        generator = self._eval_generator(batch_idx, batch["target"].device)
+        """Bits/dim (seeded dequantisation)."""
+        generator = self.eval_generator(batch_idx, batch["target"].device)
         with torch.no_grad():
             out = self.nll(batch["lowres"], batch["target"], generator)
-        self.log_dict(
-            {f"{stage}/{key}": value for key, value in out.items()},
-            batch_size=batch["target"].shape[0],
-            sync_dist=True,
-            prog_bar=stage == "val",
-        )
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Bits/dim (seeded dequantisation)."""
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """Bits/dim on the test split (seeded dequantisation)."""
-        self._evaluate(batch, batch_idx, "test")
+        self.log_stage(stage, out, batch["target"].shape[0], prog_bar=stage == "val")
 
     @torch.no_grad()
     def sample(

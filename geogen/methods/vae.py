@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from geogen.losses.vae import gaussian_kl, gaussian_nll, kl_weight, masked_sum, zero_inflated_nll
-from geogen.methods.base import GeogenMethod, NowcastMethod, OptimizerFactory
+from geogen.methods.base import GeogenMethod, NowcastMethod, OptimizerFactory, StagedEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def reconstruction_nll(
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
-class _VAEMethod(GeogenMethod):
+class _VAEMethod(StagedEvaluation, GeogenMethod):
     """The ELBO, KL warm-up and logging that both conditional VAEs share."""
 
     model_name = "vae"
@@ -183,25 +183,13 @@ class _VAEMethod(GeogenMethod):
         return terms["loss"]
 
     def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        """ELBO terms of the batch (seeded posterior sample)."""
         condition, target, mask = self._inputs(batch)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.hparams.val_seed * 1_000_003 + batch_idx)
+        generator = self.eval_generator(batch_idx)
         with torch.no_grad():
             terms = self.elbo_terms(self._forward(condition, target, generator), target, mask)
         terms.pop("beta")
-        self.log_dict(
-            {f"{stage}/{k}": v for k, v in terms.items()},
-            batch_size=target.shape[0],
-            sync_dist=True,
-        )
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """ELBO terms on a validation batch (seeded posterior sample)."""
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        """ELBO terms on a test batch (seeded posterior sample)."""
-        self._evaluate(batch, batch_idx, "test")
+        self.log_stage(stage, terms, target.shape[0])
 
 
 class VAENowcastMethod(_VAEMethod, NowcastMethod):
@@ -292,11 +280,7 @@ class VAEDownscaleMethod(_VAEMethod):
 
     def check_data(self, data: Mapping[str, Any]) -> None:
         """A downscale store of the network's factor."""
-        if data.get("task") != "downscale":
-            raise ValueError(
-                f"{type(self).__name__} trains on downscale crop stores; {data.get('store')} is "
-                f"a {data.get('task')!r} store (geogen-prepare task=downscale)"
-            )
+        self.require_task(data, "downscale")
         super().check_data(data)
         if data.get("factor") != self.network.factor:
             raise ValueError(
