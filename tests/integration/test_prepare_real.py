@@ -165,10 +165,10 @@ STORE_CASES = [
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", STORE_CASES, ids=lambda c: c.id)
 def test_store_from_real_source_equals_source_crops(case: StoreCase, tmp_path: Path):
-    if case.climate and find_climate_data() is None:
-        pytest.skip("needs ../shared/data/era5 (or GEOGEN_CLIMATE_DATA)")
-    if not case.climate and SHARED_DATA is None:
-        pytest.skip("needs ../shared/data/pysteps-data (or GEOGEN_DATA)")
+    if case.climate:
+        assert find_climate_data() is not None, "needs ../shared/data/era5 (or GEOGEN_CLIMATE_DATA)"
+    else:
+        assert SHARED_DATA is not None, "needs ../shared/data/pysteps-data (or GEOGEN_DATA)"
     cfg = real_config(tmp_path / "crops.zarr", case.source, case.start, case.end, **case.overrides)
     result = build(cfg)
     summary = result.summary
