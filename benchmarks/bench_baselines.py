@@ -35,14 +35,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from _measure import peak_memory_bytes, timed
 
 SIZE, CONTEXT, LEADS = 256, 4, 18
 DOWNSCALE_SIZE, DOWNSCALE_FRAMES, FACTOR = 128, 8, 16
@@ -280,35 +279,6 @@ ENTRIES: dict[str, Entry] = {
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def peak_memory_bytes(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def timed(fn: Callable[[], object], device, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs after one warm-up run."""
-    import torch
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def worker(args: argparse.Namespace) -> dict:

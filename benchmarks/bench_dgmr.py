@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from _measure import peak_memory_bytes, timed
+
 HERE = Path(__file__).resolve().parent
 PEER_DIR = HERE / ".peer"
 #: Installed without dependencies (torch and friends come from the running environment).
@@ -119,37 +121,6 @@ def ensure_peer() -> None:
             ],
             check=True,
         )
-
-
-def peak_memory_bytes(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def timed(fn, device, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs (after one warm-up run)."""
-    import torch
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class _StepTimer:

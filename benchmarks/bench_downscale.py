@@ -28,11 +28,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _measure import peak_memory_bytes, timed
 
 HERE = Path(__file__).resolve().parent
 FACTOR, FRAMES, LOW = 16, 8, 8
@@ -47,37 +47,6 @@ def config_widths(name: str) -> dict:
     experiment = {"paper": "downscale_gan", "tiny": "downscale_gan_tiny"}[name]
     cfg = compose_train_config([f"experiment={experiment}", "data.path=x"], output_dir="/tmp")
     return OmegaConf.to_container(cfg.network, resolve=True)
-
-
-def peak_memory_bytes(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def timed(fn, device, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs (after one warm-up run)."""
-    import torch
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def lowres_input() -> tuple[object, str]:
