@@ -262,8 +262,34 @@ class PystepsExtrapolation(_PystepsForecaster):
         return self._from_db(np.asarray(forecast_db), no_data, members, leads)
 
 
+class _CascadeForecaster(_PystepsForecaster):
+    """What S-PROG and STEPS share: the cascade settings passed to pysteps' nowcasts."""
+
+    def _needed_frames(self) -> int:
+        return max(self.settings.frames_for_motion(), self.settings.ar_order + 1)
+
+    def _cascade_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to ``nowcasts.sprog`` and ``nowcasts.steps``."""
+        s = self.settings
+        return {
+            "precip_thr": self._threshold_db,
+            "norain_thr": s.norain_threshold,
+            "n_cascade_levels": s.n_cascade_levels,
+            "extrap_method": s.extrap_method,
+            "decomp_method": s.decomp_method,
+            "bandpass_filter_method": s.bandpass_filter_method,
+            "ar_order": s.ar_order,
+            "conditional": s.conditional,
+            "probmatching_method": s.probmatching_method,
+            "num_workers": s.n_workers,
+            "fft_method": s.fft_method,
+            "domain": s.domain,
+            "extrap_kwargs": self._extrap_kwargs(),
+        }
+
+
 @register_forecaster("pysteps_sprog")
-class PystepsSprog(_PystepsForecaster):
+class PystepsSprog(_CascadeForecaster):
     """S-PROG: scale-dependent AR(2) cascade extrapolation without noise (deterministic)."""
 
     stochastic = False
@@ -272,9 +298,6 @@ class PystepsSprog(_PystepsForecaster):
     @classmethod
     def _settings_model(cls) -> type[_Settings]:
         return _CascadeSettings
-
-    def _needed_frames(self) -> int:
-        return max(self.settings.frames_for_motion(), self.settings.ar_order + 1)
 
     def predict(
         self,
@@ -297,25 +320,13 @@ class PystepsSprog(_PystepsForecaster):
                 db[-(s.ar_order + 1) :],
                 velocity,
                 leads,
-                precip_thr=self._threshold_db,
-                norain_thr=s.norain_threshold,
-                n_cascade_levels=s.n_cascade_levels,
-                extrap_method=s.extrap_method,
-                decomp_method=s.decomp_method,
-                bandpass_filter_method=s.bandpass_filter_method,
-                ar_order=s.ar_order,
-                conditional=s.conditional,
-                probmatching_method=s.probmatching_method,
-                num_workers=s.n_workers,
-                fft_method=s.fft_method,
-                domain=s.domain,
-                extrap_kwargs=self._extrap_kwargs(),
+                **self._cascade_kwargs(),
             )
         return self._from_db(np.asarray(forecast_db), no_data, members, leads)
 
 
 @register_forecaster("pysteps_steps")
-class PystepsSteps(_PystepsForecaster):
+class PystepsSteps(_CascadeForecaster):
     """STEPS ensemble nowcast (stochastic; the same ``seed`` gives the same ensemble).
 
     Settings (``baseline.pysteps_steps``) are those of :func:`pysteps.nowcasts.steps.forecast`
@@ -330,9 +341,6 @@ class PystepsSteps(_PystepsForecaster):
     @classmethod
     def _settings_model(cls) -> type[_Settings]:
         return _StepsSettings
-
-    def _needed_frames(self) -> int:
-        return max(self.settings.frames_for_motion(), self.settings.ar_order + 1)
 
     def predict(
         self,
@@ -358,27 +366,15 @@ class PystepsSteps(_PystepsForecaster):
                 velocity,
                 leads,
                 n_ens_members=members,
-                n_cascade_levels=s.n_cascade_levels,
-                precip_thr=self._threshold_db,
-                norain_thr=s.norain_threshold,
                 kmperpixel=km,
                 timestep=float(timestep_minutes),
-                extrap_method=s.extrap_method,
-                decomp_method=s.decomp_method,
-                bandpass_filter_method=s.bandpass_filter_method,
                 noise_method=s.noise_method,
                 noise_stddev_adj=s.noise_stddev_adj,
-                ar_order=s.ar_order,
                 vel_pert_method=s.vel_pert_method,
-                conditional=s.conditional,
-                probmatching_method=s.probmatching_method,
                 mask_method=s.mask_method,
                 seed=int(seed),
-                num_workers=s.n_workers,
-                fft_method=s.fft_method,
-                domain=s.domain,
-                extrap_kwargs=self._extrap_kwargs(),
                 noise_kwargs=s.noise_kwargs,
+                **self._cascade_kwargs(),
                 vel_pert_kwargs=s.vel_pert_kwargs,
                 mask_kwargs=s.mask_kwargs,
             )
