@@ -288,25 +288,19 @@ def score_downscale_store(
         Seed of the subset and of the ensembles (pair ``i`` uses ``seed + i``).
     """
     from geogen.downscaling import DownscaleError, get_downscaler
-    from geogen.io import StoreError, open_crop_store, split_indices, store_info
+    from geogen.verification.scoring import open_store_cases
 
     if not models:
         raise VerificationError("scoring a downscale store needs models=[interp, rainfarm, ...]")
-    try:
-        group = open_crop_store(store)
-        info = store_info(group)
-        indices = split_indices(group, split)
-    except StoreError as exc:
-        raise VerificationError(str(exc)) from None
-    if info.task != "downscale":
-        raise VerificationError(
-            f"{store} is a {info.task} store; task=downscale needs a downscale store "
-            "(geogen-prepare task=downscale)"
-        )
-    if len(indices) == 0:
-        raise VerificationError(f"{store} has no {split} pairs ({info.split_counts})")
-    if max_cases is not None and max_cases < len(indices):
-        indices = np.sort(np.random.default_rng(seed).choice(indices, max_cases, replace=False))
+    group, info, indices, available = open_store_cases(
+        store,
+        split,
+        task="downscale",
+        wrong_task="task=downscale needs a downscale store (geogen-prepare task=downscale)",
+        noun="pairs",
+        max_cases=max_cases,
+        seed=seed,
+    )
     truth_array = group[info.variable]
     lowres_array = group[f"{info.variable}_lowres"]
     factor = truth_array.shape[-1] // lowres_array.shape[-1]
@@ -356,7 +350,7 @@ def score_downscale_store(
         "store": os.fspath(store),
         "split": split,
         "source": info.source,
-        "n_cases_available": len(split_indices(group, split)),
+        "n_cases_available": available,
         "factor": factor,
         "weights": "1 / sample_prob" if weights == "sample_prob" else "equal",
     }

@@ -796,6 +796,46 @@ def _progress(items: Sequence[Any], show: bool, unit: str) -> Iterable[Any]:
 # ---------------------------------------------------------------------------------------------
 # a crop store: models over the test cases
 # ---------------------------------------------------------------------------------------------
+def open_store_cases(
+    store: str,
+    split: str,
+    *,
+    task: str,
+    wrong_task: str,
+    noun: str,
+    max_cases: int | None,
+    seed: int,
+) -> tuple[Any, Any, np.ndarray, int]:
+    """Open a crop store and the sample indices of ``split`` to score.
+
+    Returns the zarr group, its :class:`~geogen.io.store.StoreInfo`, the indices (a seeded,
+    sorted subset of ``max_cases`` when given) and the number of samples in the split.
+
+    Raises
+    ------
+    VerificationError
+        When the store cannot be read, is not a ``task`` store (``wrong_task`` says what is
+        needed) or has no sample in ``split``.
+    """
+    from geogen.io import StoreError, open_crop_store, split_indices, store_info
+
+    try:
+        group = open_crop_store(store)
+        info = store_info(group)
+        indices = split_indices(group, split)
+    except StoreError as exc:
+        raise VerificationError(str(exc)) from None
+    if info.task != task:
+        raise VerificationError(f"{store} is a {info.task} store; {wrong_task}")
+    if len(indices) == 0:
+        raise VerificationError(f"{store} has no {split} {noun} ({info.split_counts})")
+    available = len(indices)
+    if max_cases is not None and max_cases < len(indices):
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(indices, size=max_cases, replace=False))
+    return group, info, indices, available
+
+
 def score_store(
     store: str | os.PathLike,
     models: Sequence[ModelSpec],
@@ -831,23 +871,18 @@ def score_store(
         Seed of the subset and of the forecasts (case ``i`` uses ``seed + i``).
     """
     from geogen.forecasting import ForecastError
-    from geogen.io import StoreError, open_crop_store, split_indices, store_info
 
     if not models:
         raise VerificationError("score_store needs models to run (models=[persistence, ...])")
-    try:
-        group = open_crop_store(store)
-        info = store_info(group)
-        indices = split_indices(group, split)
-    except StoreError as exc:
-        raise VerificationError(str(exc)) from None
-    if info.task != "nowcast":
-        raise VerificationError(f"{store} is a {info.task} store; scoring needs a nowcast store")
-    if len(indices) == 0:
-        raise VerificationError(f"{store} has no {split} cases ({info.split_counts})")
-    if max_cases is not None and max_cases < len(indices):
-        rng = np.random.default_rng(seed)
-        indices = np.sort(rng.choice(indices, size=max_cases, replace=False))
+    group, info, indices, available = open_store_cases(
+        store,
+        split,
+        task="nowcast",
+        wrong_task="scoring needs a nowcast store",
+        noun="cases",
+        max_cases=max_cases,
+        seed=seed,
+    )
     offsets = np.asarray(group["time"][:], dtype=np.int64)
     context_index = np.flatnonzero(offsets <= 0)
     lead_index = np.flatnonzero(offsets > 0)
@@ -910,7 +945,7 @@ def score_store(
         "mode": "store",
         "store": os.fspath(store),
         "split": split,
-        "n_cases_available": len(split_indices(group, split)),
+        "n_cases_available": available,
         "models": [spec.name for spec in models],
         "weights": "1 / sample_prob" if weights == "sample_prob" else "equal",
     }
