@@ -1,5 +1,6 @@
 """Losses as pure functions of tensors (no modules, no state)."""
 
+from geogen.losses.crps import ensemble_crps, ensemble_spread_skill, pooled_crps
 from geogen.losses.gan import grid_cell_regulariser, hinge_discriminator_loss, hinge_generator_loss
 from geogen.losses.vae import (
     gaussian_kl,
@@ -16,6 +17,8 @@ from geogen.losses.wasserstein import (
 )
 
 __all__ = [
+    "ensemble_crps",
+    "ensemble_spread_skill",
     "gaussian_kl",
     "gaussian_nll",
     "gradient_penalty",
@@ -25,6 +28,7 @@ __all__ = [
     "interpolate_samples",
     "kl_weight",
     "masked_sum",
+    "pooled_crps",
     "wasserstein_critic_loss",
     "wasserstein_generator_loss",
     "zero_inflated_nll",
