@@ -144,14 +144,36 @@ class LatentConditioningStack(nn.Module):
 
 
 class Sampler(nn.Module):
-    """Four ConvGRU levels, coarse to fine, unrolled over the lead times, and the output head."""
+    """Four ConvGRU levels, coarse to fine, unrolled over the lead times, and the output head.
 
-    def __init__(self, base_channels: int = 24, in_channels: int = 1) -> None:
+    Parameters
+    ----------
+    base_channels
+        Width ``c`` (states of ``16c, 8c, 4c, 2c`` channels, coarse to fine).
+    in_channels
+        Channels per output frame (1 for rain rate).
+    extra_channels
+        Channels of per-lead conditioning features concatenated to each level's GRU input at
+        every step, coarse to fine (``(0, 0, 0, 0)``: DGMR as published; see
+        :mod:`geogen.models.dgmr_advect`).
+    """
+
+    def __init__(
+        self,
+        base_channels: int = 24,
+        in_channels: int = 1,
+        extra_channels: tuple[int, int, int, int] | list[int] = (0, 0, 0, 0),
+    ) -> None:
         super().__init__()
         c = base_channels
         self.in_channels = in_channels
+        if len(extra_channels) != 4 or min(extra_channels) < 0:
+            raise ValueError(f"extra_channels needs 4 widths >= 0, got {list(extra_channels)}")
+        self.extra_channels = [int(e) for e in extra_channels]
         states = [16 * c, 8 * c, 4 * c, 2 * c]  # coarse to fine
-        inputs = [32 * c, 16 * c, 8 * c, 4 * c]
+        inputs = [
+            i + e for i, e in zip([32 * c, 16 * c, 8 * c, 4 * c], self.extra_channels, strict=True)
+        ]
         self.grus = nn.ModuleList(ConvGRU(i, s) for i, s in zip(inputs, states, strict=True))
         self.convs = nn.ModuleList(conv2d(s, 2 * s, 1) for s in states)
         self.gblocks = nn.ModuleList(GBlock(2 * s, 2 * s) for s in states)
@@ -160,15 +182,27 @@ class Sampler(nn.Module):
         self.output_conv = conv2d(2 * c, 4 * in_channels, 1)
 
     def forward(
-        self, states: list[torch.Tensor], latent: torch.Tensor, lead_frames: int
+        self,
+        states: list[torch.Tensor],
+        latent: torch.Tensor,
+        lead_frames: int,
+        extras: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Initial states (fine to coarse) + latent features -> ``(B, L, H, W)`` (pre-ReLU)."""
+        """Initial states (fine to coarse) + latent features -> ``(B, L, H, W)`` (pre-ReLU).
+
+        ``extras`` (with ``extra_channels``): per-lead features, coarse to fine, each
+        ``(B, L, extra_channels[level], h, w)`` at that level's resolution.
+        """
         b = latent.shape[0]
+        if any(self.extra_channels) and (extras is None or len(extras) != 4):
+            raise ValueError("this sampler takes 4 levels of per-lead features (extras)")
         inputs: torch.Tensor | None = None  # (B, L, C, h, w) from the coarser level
         for level, state in enumerate(reversed(states)):
             outputs = []
             for step in range(lead_frames):
                 x = latent if inputs is None else inputs[:, step]
+                if self.extra_channels[level]:
+                    x = torch.cat([x, extras[level][:, step]], dim=1)
                 state = self.grus[level](x, state)
                 outputs.append(state)
             h = torch.stack(outputs, dim=1).flatten(0, 1)  # (B * L, C, h, w), batch-major
