@@ -169,7 +169,7 @@ class NowcastPanels(lightning.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         dataset = getattr(datamodule, "val_dataset", None)
         if dataset is not None and len(dataset) > 0:
-            example = {k: v.unsqueeze(0) for k, v in dataset[0].items()}
+            example = {k: v.unsqueeze(0) for k, v in dataset[0].items() if torch.is_tensor(v)}
         elif isinstance(batch, dict) and self.input_key in batch:
             example = {k: v[:1].detach() for k, v in batch.items() if torch.is_tensor(v)}
         self._example = example

@@ -90,6 +90,10 @@ class CropDataModule(lightning.LightningDataModule):
     val_split, test_split
         Split read from the validation / test stores; ``None`` reads all their samples (for
         a store built for evaluation only).
+    advection
+        Give every nowcast sample its pysteps advection forecast ``advected`` (see
+        :class:`~geogen.data.dataset.CropDataset`): ``True``, or a mapping of settings; the
+        frames are computed once per sample at ``setup`` and cached beside each store.
 
     Raises
     ------
@@ -120,6 +124,7 @@ class CropDataModule(lightning.LightningDataModule):
         shuffle: bool = True,
         val_split: str | None = "val",
         test_split: str | None = "test",
+        advection: bool | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1:
@@ -131,6 +136,8 @@ class CropDataModule(lightning.LightningDataModule):
         val_path = _plain_paths(val_path)
         test_path = _plain_paths(test_path)
         transform = _plain_transform(transform)
+        if isinstance(advection, Mapping):
+            advection = {str(key): value for key, value in advection.items()}
         self.save_hyperparameters()
         self.train_dataset: CropDataset | None = None
         self.val_dataset: CropDataset | None = None
@@ -168,6 +175,7 @@ class CropDataModule(lightning.LightningDataModule):
             transform=self.transform,
             augment=augment,
             nan_fill=self.hparams.nan_fill,
+            advection=self.hparams.get("advection"),
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -19,6 +19,7 @@ import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -249,7 +250,15 @@ class CropDataset(Dataset):
         Value in the physical units of the variable (before the transform) that replaces NaN
         (no data). The ``mask`` entry tells which pixels had data.
     return_metadata
-        Also return ``t0``.
+        Also return ``t0`` and ``source``.
+    advection
+        Nowcast stores only: also return ``advected``, pysteps' extrapolation of each sample's
+        last context frame over its lead frames (model space), computed once per sample and
+        cached beside each store (:class:`~geogen.data.advection.AdvectionCache`). ``True``
+        for the default settings, or a mapping of ``pysteps_extrapolation`` settings
+        (``motion``, ``motion_frames``, ``interp_order``, ``outval``), optionally with
+        ``cache_dir`` (a folder for the caches instead of beside the stores) and
+        ``progress`` (a progress bar while filling, default True).
 
     Raises
     ------
@@ -270,8 +279,10 @@ class CropDataset(Dataset):
     - ``sample_prob`` float32 scalar, the probability with which the crop was kept;
     - ``index`` int64 scalar, position of the sample in its store, and ``store`` int64
       scalar, position of that store in ``path``;
-    - ``t0`` int64 scalar, valid time of the first frame in seconds since 1970-01-01 UTC
-      (with ``return_metadata``).
+    - ``t0`` int64 scalar, valid time of the first frame in seconds since 1970-01-01 UTC,
+      and ``source`` str, the source the sample was cut from (``mch``, ``fmi``, ...; batches
+      hold a list of them), with ``return_metadata``;
+    - ``advected`` ``(lead, H, W)`` with ``advection``: the extrapolation of the context.
     """
 
     def __init__(
@@ -282,6 +293,7 @@ class CropDataset(Dataset):
         augment: bool = False,
         nan_fill: float = 0.0,
         return_metadata: bool = True,
+        advection: bool | Mapping[str, Any] | None = None,
     ) -> None:
         self.paths = as_store_paths(path)
         self.split = split
@@ -302,7 +314,7 @@ class CropDataset(Dataset):
         if first.task == "downscale" and not first.factor:
             raise StoreError(f"{first.path}: downscale store without a factor")
 
-        store_ids, indices, sample_prob, t0 = [], [], [], []
+        store_ids, indices, sample_prob, t0, sources = [], [], [], [], []
         for number, group in enumerate(groups):
             selected = split_indices(group, split).astype(np.int64)
             store_ids.append(np.full(selected.size, number, dtype=np.int64))
@@ -310,10 +322,12 @@ class CropDataset(Dataset):
             sample_prob.append(np.asarray(group["sample_prob"][:], dtype=np.float32)[selected])
             times = np.asarray(group["t0"][:]).astype("datetime64[s]").astype(np.int64)
             t0.append(times[selected])
+            sources.append(np.asarray(group["source"][:].tolist(), dtype=object)[selected])
         self._store_ids = np.concatenate(store_ids)
         self._indices = np.concatenate(indices)
         self._sample_prob = np.concatenate(sample_prob)
         self._t0 = np.concatenate(t0)
+        self._sources = np.concatenate(sources)
         self._time_offsets = np.asarray(groups[0]["time"][:], dtype=np.int64)
         if self._indices.size == 0:
             counts = "; ".join(f"{info.path}: {info.split_counts}" for info in infos)
@@ -323,12 +337,39 @@ class CropDataset(Dataset):
                 "settings"
             )
         self._transform = resolve_transform(transform, infos)
+        self.advection = self._advection_caches(advection)
         # zarr arrays, opened lazily per process: {store number: (data, lowres or None)}
         self._arrays: dict[int, tuple[zarr.Array, zarr.Array | None]] = {}
         self._pid: int | None = None
         logger.debug(
             "CropDataset over %s, split %r: %d samples", self.paths, split, len(self._indices)
         )
+
+    def _advection_caches(self, advection: bool | Mapping[str, Any] | None) -> list | None:
+        """One filled :class:`AdvectionCache` per store, or None without ``advection``."""
+        if advection is None or advection is False:
+            return None
+        if self.task != "nowcast":
+            raise StoreError(f"advection needs nowcast stores; {self.paths[0]} is {self.task}")
+        from geogen.data.advection import AdvectionCache, default_cache_path
+
+        settings = {} if advection is True else dict(advection)
+        cache_dir = settings.pop("cache_dir", None)
+        progress = bool(settings.pop("progress", True))
+        caches = []
+        for number, store in enumerate(self.paths):
+            path = None
+            if cache_dir is not None:
+                path = Path(cache_dir) / default_cache_path(store).name
+            cache = AdvectionCache(store, settings, path=path)
+            cache.fill(self._indices[self._store_ids == number], progress=progress)
+            caches.append(cache)
+        return caches
+
+    @property
+    def sources(self) -> np.ndarray:
+        """``(len(self),)`` str: the source of each sample (``mch``, ``fmi``, ...)."""
+        return self._sources.copy()
 
     # -- pickling: never carry open zarr handles into worker processes -------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -440,6 +481,8 @@ class CropDataset(Dataset):
         fields = {"sequence": self._to_model(raw), "mask": torch.from_numpy(~np.isnan(raw))}
         if lowres is not None:
             fields["lowres"] = self._to_model(np.asarray(lowres[index], dtype=np.float32))
+        if self.advection is not None:
+            fields["advected"] = self._to_model(self.advection[number].read(index))
         if self.augment:
             op = int(torch.randint(0, 8, ()).item())
             fields = {key: dihedral(value, op) for key, value in fields.items()}
@@ -453,9 +496,12 @@ class CropDataset(Dataset):
             out["lowres"] = fields.pop("lowres")
             out["target"] = sequence
         out["mask"] = fields.pop("mask")
+        if "advected" in fields:
+            out["advected"] = fields.pop("advected")
         out["sample_prob"] = torch.tensor(self._sample_prob[position], dtype=torch.float32)
         out["index"] = torch.tensor(index, dtype=torch.int64)
         out["store"] = torch.tensor(number, dtype=torch.int64)
         if self.return_metadata:
             out["t0"] = torch.tensor(self._t0[position], dtype=torch.int64)
+            out["source"] = str(self._sources[position])
         return out

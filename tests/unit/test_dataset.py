@@ -271,6 +271,11 @@ def test_augmentation_keeps_context_target_and_mask_aligned(store):
         assert torch.all(filled == 0.0)
 
 
+def same(a, b) -> bool:
+    """Batch entries are equal: tensors exactly, lists of strings (``source``) as lists."""
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_seeded_augmentation_is_reproducible(store, num_workers):
     datamodule = CropDataModule(
@@ -286,7 +291,8 @@ def test_seeded_augmentation_is_reproducible(store, num_workers):
     one, again, other = first_batches(0), first_batches(0), first_batches(1)
     for a, b in zip(one, again, strict=True):
         assert a.keys() == b.keys()
-        assert all(torch.equal(a[key], b[key]) for key in a)
+        assert all(same(a[key], b[key]) for key in a)
+    assert one[0]["source"] == ["synthetic"] * 8  # each sample records its source
     assert not torch.equal(one[0]["target"], other[0]["target"])
 
 
@@ -300,10 +306,10 @@ def test_workers_yield_the_same_batches(store):
     parallel = list(DataLoader(dataset, batch_size=8, shuffle=False, num_workers=2))
     assert len(serial) == len(parallel) == -(-len(dataset) // 8)
     for a, b in zip(serial, parallel, strict=True):
-        assert all(torch.equal(a[key], b[key]) for key in a)
+        assert all(same(a[key], b[key]) for key in a)
     # a pickled copy (spawned workers) reads the same values
     copy = pickle.loads(pickle.dumps(dataset))
-    assert all(torch.equal(copy[3][key], dataset[3][key]) for key in dataset[3])
+    assert all(same(copy[3][key], dataset[3][key]) for key in dataset[3])
 
 
 # -- combining stores -------------------------------------------------------------------------
@@ -326,7 +332,7 @@ def test_combined_stores_are_concatenated(store):
     }.items():
         item, expected = both[position], dataset[offset]
         assert int(item["store"]) == number
-        assert all(torch.equal(item[key], expected[key]) for key in expected if key != "store")
+        assert all(same(item[key], expected[key]) for key in expected if key != "store")
     stored = raw(second)[int(both[len(a)]["index"])]
     np.testing.assert_allclose(both[len(a)]["target"].numpy(), np.log1p(stored[2:]), 1e-6)
 
