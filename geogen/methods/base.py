@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geogen.data.dataset import as_store_paths
 from geogen.data.transforms import Transform, get_transform
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,18 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _advection_spec(advection: Any) -> dict[str, Any] | None:
+    """The advection settings of a data module as plain data (``None``: no advection)."""
+    if advection is None or advection is False:
+        return None
+    settings = {} if advection is True else dict(plain(advection))
+    settings.pop("cache_dir", None)
+    settings.pop("progress", None)
+    from geogen.data.advection import advection_settings
+
+    return advection_settings(settings)
 
 
 class GeogenMethod(lightning.LightningModule):
@@ -179,6 +192,8 @@ class GeogenMethod(lightning.LightningModule):
             "transform": {"name": transform.name, **transform.params},
             "nan_fill": float(hparams.get("nan_fill", 0.0)),
             "store": str(info.path),
+            "stores": [str(p) for p in as_store_paths(hparams.get("path") or info.path)],
+            "advection": _advection_spec(hparams.get("advection")),
         }
 
     def check_data(self, data: Mapping[str, Any]) -> None:

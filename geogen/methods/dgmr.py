@@ -12,6 +12,24 @@ Per training batch (context ``X``, observed lead frames ``Y``):
    scored in a ``[real; sample]`` call); Adam step of the generator only (the discriminators'
    parameters are frozen during it).
 
+Options beyond the paper (all off by default, so the defaults are the paper's recipe):
+
+- ``crps_lambda`` adds ``crps_lambda`` x the fair ensemble CRPS of the ``num_samples``
+  samples (:func:`geogen.losses.pooled_crps`, averaged over ``crps_pools`` window sizes, in
+  mm/h with ``crps_space="physical"``) to the generator loss. Unlike the grid-cell
+  regulariser, which only sees the samples' mean, the CRPS rewards members that differ where
+  the forecast is uncertain, which is what keeps a briefly trained ensemble from collapsing
+  (README, "Why DGMR's members collapsed");
+- ``disc_steps=0`` trains the generator on its regularisers alone (no discriminator steps and
+  no adversarial term): a generative model trained by scoring-rule minimisation;
+- generators that take conditions besides the context (``generator.conditions``, e.g. the
+  advected frames of :class:`~geogen.models.dgmr_advect.AdvectionGenerator`) get them from the
+  batch (``data.advection=true``), cropped with the same training window.
+
+Every training step logs, besides the losses, the samples' ensemble ``spread``, the ``rmse``
+of their mean and ``spread_skill`` (the ``spread_skill`` metric of ``geogen-score``, in mm/h),
+and their ``crps``, so a collapse shows in ``metrics.csv`` as it happens.
+
 Missing observations (NaN in the store, ``mask`` False): the data module fills them with
 ``nan_fill``; generated frames are set to the same fill value at those pixels before the
 discriminators see them (so no-data areas carry no signal), and the regulariser gives them
@@ -30,7 +48,13 @@ import numpy as np
 import torch
 from torchmetrics.regression import CriticalSuccessIndex
 
-from geogen.losses import grid_cell_regulariser, hinge_discriminator_loss, hinge_generator_loss
+from geogen.losses import (
+    ensemble_spread_skill,
+    grid_cell_regulariser,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    pooled_crps,
+)
 from geogen.methods.base import NowcastMethod, OptimizerFactory, StagedEvaluation
 from geogen.models.dgmr import DGMR
 
@@ -52,11 +76,18 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
     num_samples
         Generator samples per input in the generator step (6).
     disc_steps
-        Discriminator steps per generator step (2).
+        Discriminator steps per generator step (2); 0 trains without discriminators and
+        without the adversarial term.
     grid_lambda
         Weight of the grid-cell regulariser (20).
     grid_clip
         Upper clip of the regulariser's weights, mm/h (24).
+    crps_lambda
+        Weight of the fair ensemble CRPS of the generator samples (0: the paper's loss).
+    crps_pools
+        Average-pooling window sides over which the CRPS is averaged (``[1]``: pixels).
+    crps_space
+        ``"physical"`` (mm/h, the units of the scores) or ``"model"`` (after the transform).
     train_crop
         Train on a random ``train_crop`` square of each batch (``None``: the whole crop). The
         generator is fully convolutional, so smaller windows train faster on a CPU.
@@ -81,6 +112,9 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         disc_steps: int = 2,
         grid_lambda: float = 20.0,
         grid_clip: float = 24.0,
+        crps_lambda: float = 0.0,
+        crps_pools: list[int] | tuple[int, ...] = (1,),
+        crps_space: str = "physical",
         train_crop: int | None = None,
         val_samples: int = 6,
         val_threshold: float = 1.0,
@@ -91,16 +125,26 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         super().__init__(network, optimizer, network_config, compile, channels_last)
         if not (hasattr(network, "generator") and hasattr(network, "discriminator")):
             raise TypeError("DGMRMethod trains a network with .generator and .discriminator")
-        if num_samples < 1 or disc_steps < 1 or val_samples < 1:
+        if num_samples < 1 or disc_steps < 0 or val_samples < 1:
             raise ValueError(
-                f"num_samples ({num_samples}), disc_steps ({disc_steps}) and val_samples "
-                f"({val_samples}) must be >= 1"
+                f"num_samples ({num_samples}) and val_samples ({val_samples}) must be >= 1, "
+                f"disc_steps ({disc_steps}) >= 0"
             )
+        if crps_space not in ("physical", "model"):
+            raise ValueError(f"crps_space must be 'physical' or 'model', not {crps_space!r}")
+        if crps_lambda < 0 or grid_lambda < 0:
+            raise ValueError(f"crps_lambda ({crps_lambda}), grid_lambda ({grid_lambda}) < 0")
+        if crps_lambda > 0 and (num_samples < 2 or val_samples < 2):
+            raise ValueError("the ensemble CRPS needs num_samples >= 2 and val_samples >= 2")
+        if crps_lambda == 0 and grid_lambda == 0 and disc_steps == 0:
+            raise ValueError("nothing to train: disc_steps, grid_lambda and crps_lambda are 0")
+        crps_pools = [int(k) for k in crps_pools]
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["network", "optimizer"])
         self.val_csi = CriticalSuccessIndex(val_threshold)
         self._fill = 0.0
         self._identity = True
+        self._batch_conditions: dict[str, torch.Tensor] = {}
 
     # -- data ---------------------------------------------------------------------------------
     def check_data(self, data: Mapping[str, Any]) -> None:
@@ -113,7 +157,8 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
                 f"{store} has {data.get('context')} context frames; the generator takes "
                 f"{gen.context_frames} (model.generator.context_frames)"
             )
-        if (data.get("lead") or 0) < disc.spatial_frames:
+        adversarial = self.hparams.disc_steps > 0
+        if adversarial and (data.get("lead") or 0) < disc.spatial_frames:
             raise ValueError(
                 f"{store} has {data.get('lead')} lead frames; the spatial discriminator draws "
                 f"{disc.spatial_frames} of them (model.discriminator.spatial_frames)"
@@ -121,20 +166,30 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         size = int(self.hparams.train_crop or data["crop_size"])
         if size > data["crop_size"]:
             raise ValueError(f"train_crop {size} exceeds the {data['crop_size']}-pixel crops")
-        minimum = 64 * disc.spatial_pool
-        if size % minimum or size < disc.temporal_crop:
+        minimum = 64 * disc.spatial_pool if adversarial else 32
+        if size % minimum or (adversarial and size < disc.temporal_crop):
             raise ValueError(
-                f"training frames of {size} pixels: DGMR needs a multiple of {minimum} (spatial "
-                f"discriminator) of at least the temporal crop {disc.temporal_crop}"
+                f"training frames of {size} pixels: DGMR needs a multiple of {minimum} (the "
+                f"generator; 128 with the spatial discriminator) of at least the temporal crop "
+                f"{disc.temporal_crop} (with discriminators)"
             )
         transform = self.transform
         self._identity = transform.name == "identity"
         self._fill = float(transform.forward(np.float32(data.get("nan_fill", 0.0))))
 
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Inputs of the generator besides the context (``()`` for DGMR as published)."""
+        return tuple(getattr(self.network.generator, "conditions", ()))
+
     def _inputs(
         self, batch: Mapping[str, torch.Tensor], crop: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``context (B, T, H, W)``, ``target (B, L, H, W)``, lead ``mask (B, L, H, W)``."""
+        """``context (B, T, H, W)``, ``target (B, L, H, W)``, lead ``mask (B, L, H, W)``.
+
+        The generator's extra conditions (:attr:`conditions`) are kept, cropped with the same
+        window, for :meth:`_generate` (``self._batch_conditions``).
+        """
         context, target = batch["context"], batch["target"]
         n_context = context.shape[1]
         mask = (
@@ -142,6 +197,13 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
             if "mask" in batch
             else torch.ones_like(target, dtype=torch.bool)
         )
+        missing = [name for name in self.conditions if name not in batch]
+        if missing:
+            raise ValueError(
+                f"the generator needs {', '.join(missing)} in every batch; build the data "
+                "module with advection (data.advection=true)"
+            )
+        conditions = {name: batch[name] for name in self.conditions}
         size = self.hparams.train_crop
         if crop and size and size < context.shape[-1]:
             h, w = context.shape[-2:]
@@ -149,7 +211,16 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
             x0 = int(torch.randint(0, w - size + 1, ()).item())
             window = (..., slice(y0, y0 + size), slice(x0, x0 + size))
             context, target, mask = context[window], target[window], mask[window]
+            conditions = {name: value[window] for name, value in conditions.items()}
+        self._batch_conditions = conditions
         return context, target, mask
+
+    def _generate(
+        self, context: torch.Tensor, leads: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One generator sample per example, with the batch's conditions."""
+        conditions = getattr(self, "_batch_conditions", None) or {}
+        return self.network.generator(context, leads, generator=generator, **conditions)
 
     def _fill_missing(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Generated ``frames`` with the store's fill value where the observation is missing."""
@@ -171,7 +242,7 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
     ) -> dict[str, torch.Tensor]:
         """The discriminators' hinge loss on one detached generator sample per example."""
         with torch.no_grad():
-            fake = self._fill_missing(self.network.generator(context, target.shape[1]), mask)
+            fake = self._fill_missing(self._generate(context, target.shape[1]), mask)
         real_seq = torch.cat([context, target], dim=1)
         fake_seq = torch.cat([context, fake], dim=1)
         scores = self.network.discriminator(torch.cat([real_seq, fake_seq]))
@@ -190,29 +261,56 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         num_samples: int,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Hinge generator loss over ``num_samples`` samples + lambda x grid-cell regulariser."""
-        gen, disc = self.network.generator, self.network.discriminator
+        """Hinge generator loss over ``num_samples`` samples + the weighted regularisers.
+
+        Returns the losses, the first sample and the ensemble diagnostics of the samples in
+        physical units (``spread``, ``rmse``, ``spread_skill``, ``crps``).
+        """
+        hp = self.hparams
+        disc = self.network.discriminator
+        adversarial_on = hp.disc_steps > 0
         real_seq = torch.cat([context, target], dim=1)
         samples, fake_scores = [], []
         for _ in range(num_samples):
-            sample = self._fill_missing(gen(context, target.shape[1], generator=generator), mask)
-            scores = disc(
-                torch.cat([real_seq, torch.cat([context, sample], dim=1)]), generator=generator
-            )
-            fake_scores.append(scores.chunk(2)[1])
+            sample = self._fill_missing(self._generate(context, target.shape[1], generator), mask)
+            if adversarial_on:
+                scores = disc(
+                    torch.cat([real_seq, torch.cat([context, sample], dim=1)]),
+                    generator=generator,
+                )
+                fake_scores.append(scores.chunk(2)[1])
             samples.append(sample)
+        stacked = torch.stack(samples)
         grid = grid_cell_regulariser(
-            torch.stack(samples),
+            stacked,
             target,
             weight_target=self._weight_target(target),
             mask=mask,
-            clip=self.hparams.grid_clip,
+            clip=hp.grid_clip,
         )
-        adversarial = hinge_generator_loss(torch.cat(fake_scores))
+        physical = stacked if self._identity else self.transform.inverse(stacked)
+        physical_target = target if self._identity else self.transform.inverse(target)
+        fair = num_samples > 1  # one sample: its MAE, the CRPS of a one-member ensemble
+        if hp.crps_space == "physical":
+            crps = pooled_crps(physical, physical_target, hp.crps_pools, mask=mask, fair=fair)
+        else:
+            crps = pooled_crps(stacked, target, hp.crps_pools, mask=mask, fair=fair)
+        adversarial = (
+            hinge_generator_loss(torch.cat(fake_scores))
+            if adversarial_on
+            else torch.zeros((), device=target.device, dtype=target.dtype)
+        )
+        loss = adversarial + hp.grid_lambda * grid
+        if hp.crps_lambda > 0:
+            loss = loss + hp.crps_lambda * crps
+        with torch.no_grad():
+            diagnostics = ensemble_spread_skill(physical.detach(), physical_target)
         return {
-            "g_loss": adversarial + self.hparams.grid_lambda * grid,
+            "g_loss": loss,
             "g_adversarial": adversarial,
             "grid_reg": grid,
+            "crps": crps.detach(),
+            **diagnostics,
             "first_sample": samples[0].detach(),
         }
 
@@ -220,6 +318,7 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         """``disc_steps`` discriminator steps, then one generator step."""
         opt_g, opt_d = self.optimizers()
         context, target, mask = self._inputs(batch, crop=True)
+        d: dict[str, torch.Tensor] = {}
         for _ in range(self.hparams.disc_steps):
             d = self.discriminator_step_loss(context, target, mask)
             opt_d.zero_grad(set_to_none=True)
@@ -232,38 +331,48 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         opt_g.step()
         self.untoggle_optimizer(opt_g)
         batch_size = context.shape[0]
-        self.log_dict(
-            {
-                "train/d_loss": d["d_loss"].detach(),
-                "train/g_loss": g["g_loss"].detach(),
-                "train/g_adversarial": g["g_adversarial"].detach(),
-                "train/grid_reg": g["grid_reg"].detach(),
-                "train/score_real_spatial": d["score_real"][0],
-                "train/score_real_temporal": d["score_real"][1],
-                "train/score_fake_spatial": d["score_fake"][0],
-                "train/score_fake_temporal": d["score_fake"][1],
-            },
-            prog_bar=False,
-            batch_size=batch_size,
-        )
-        self.log("d_loss", d["d_loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        logged = {
+            "train/g_loss": g["g_loss"].detach(),
+            "train/g_adversarial": g["g_adversarial"].detach(),
+            "train/grid_reg": g["grid_reg"].detach(),
+            "train/crps": g["crps"],
+            "train/spread": g["spread"],
+            "train/rmse": g["rmse"],
+            "train/spread_skill": g["spread_skill"],
+        }
+        if d:
+            logged.update(
+                {
+                    "train/d_loss": d["d_loss"].detach(),
+                    "train/score_real_spatial": d["score_real"][0],
+                    "train/score_real_temporal": d["score_real"][1],
+                    "train/score_fake_spatial": d["score_fake"][0],
+                    "train/score_fake_temporal": d["score_fake"][1],
+                }
+            )
+            self.log(
+                "d_loss", d["d_loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size
+            )
+        self.log_dict(logged, prog_bar=False, batch_size=batch_size)
         self.log("g_loss", g["g_loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        self.log(
+            "spread_skill", g["spread_skill"], prog_bar=True, logger=False, batch_size=batch_size
+        )
 
     # -- evaluation ---------------------------------------------------------------------------
     def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
         """Losses and CSI of the batch (seeded samples)."""
         context, target, mask = self._inputs(batch)
         generator = self.eval_generator(batch_idx)
-        d = {}
+        metrics = {}
         with torch.no_grad():
-            fake = self._fill_missing(
-                self.network.generator(context, target.shape[1], generator=generator), mask
-            )
-            real_seq = torch.cat([context, target], dim=1)
-            scores = self.network.discriminator(
-                torch.cat([real_seq, torch.cat([context, fake], dim=1)]), generator=generator
-            )
-            d["d_loss"] = hinge_discriminator_loss(*scores.chunk(2))
+            if self.hparams.disc_steps > 0:
+                fake = self._fill_missing(self._generate(context, target.shape[1], generator), mask)
+                real_seq = torch.cat([context, target], dim=1)
+                scores = self.network.discriminator(
+                    torch.cat([real_seq, torch.cat([context, fake], dim=1)]), generator=generator
+                )
+                metrics[f"{stage}/d_loss"] = hinge_discriminator_loss(*scores.chunk(2))
             g = self.generator_step_loss(
                 context, target, mask, self.hparams.val_samples, generator=generator
             )
@@ -272,15 +381,9 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         zero = torch.zeros((), device=forecast.device)
         self.val_csi.update(torch.where(mask, forecast, zero), torch.where(mask, observed, zero))
         batch_size = context.shape[0]
-        self.log_dict(
-            {
-                f"{stage}/d_loss": d["d_loss"],
-                f"{stage}/g_loss": g["g_loss"],
-                f"{stage}/grid_reg": g["grid_reg"],
-            },
-            batch_size=batch_size,
-            sync_dist=True,
-        )
+        for key in ("g_loss", "grid_reg", "crps", "spread", "rmse", "spread_skill"):
+            metrics[f"{stage}/{key}"] = g[key]
+        self.log_dict(metrics, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/csi", self.val_csi, batch_size=batch_size, on_epoch=True)
 
     # -- sampling -----------------------------------------------------------------------------
@@ -291,8 +394,55 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         members: int = 1,
         leads: int | None = None,
         generator: torch.Generator | None = None,
+        **conditions: torch.Tensor,
     ) -> torch.Tensor:
-        """``(batch, members, lead, y, x)`` generator samples in model space."""
+        """``(batch, members, lead, y, x)`` generator samples in model space.
+
+        A generator with conditions (``advected``) gets them from ``conditions``; missing
+        advected frames are computed from ``context`` with pysteps
+        (:func:`geogen.data.advection.advect`).
+        """
         leads = leads or self.data_info.get("lead") or self.network.generator.lead_frames
-        out = [self.network.generator(context, leads, generator=generator) for _ in range(members)]
+        if "advected" in self.conditions and "advected" not in conditions:
+            conditions["advected"] = self.advect(context, leads)
+        out = [
+            self.network.generator(context, leads, generator=generator, **conditions)
+            for _ in range(members)
+        ]
         return torch.stack(out, dim=1)
+
+    def advect(self, context: torch.Tensor, leads: int) -> torch.Tensor:
+        """Pysteps' advection of model-space ``context`` ``(B, T, H, W)``: ``(B, L, H, W)``."""
+        from geogen.data.advection import advect
+
+        rain = self.transform.inverse(context.float()).cpu().numpy()
+        step = float(self.data_info.get("timestep_minutes") or 5.0)
+        frames = np.stack([advect(r, leads, timestep_minutes=step) for r in rain])
+        advected = self.transform.forward(torch.from_numpy(frames))
+        return advected.to(device=context.device, dtype=context.dtype)
+
+
+class DGMRAdvectMethod(DGMRMethod):
+    """:class:`DGMRMethod` for generators conditioned on advection (``dgmr_advect``).
+
+    The same recipe and options; the network's generator is an
+    :class:`~geogen.models.dgmr_advect.AdvectionGenerator`, the data module must give the
+    advected frames (``data.advection``), and checkpoints are read by
+    ``geogen-forecast model=dgmr_advect``.
+    """
+
+    model_name = "dgmr_advect"
+
+    def check_data(self, data: Mapping[str, Any]) -> None:
+        """As :class:`DGMRMethod`, and the batches must carry the advected frames."""
+        super().check_data(data)
+        if "advected" not in self.conditions:
+            raise ValueError(
+                "DGMRAdvectMethod trains a generator conditioned on advection "
+                "(geogen.models.dgmr_advect.AdvectionGenerator)"
+            )
+        if not data.get("advection"):
+            raise ValueError(
+                f"{data.get('store')}: the generator is conditioned on the advected frames; "
+                "set data.advection=true"
+            )
