@@ -196,12 +196,19 @@ def run_train(cfg: DictConfig) -> TrainResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     lightning.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("flush_denormal", True):
+        # Subnormal floats (|x| < 1.2e-38) appear in the activations and optimizer states of
+        # briefly trained networks and make CPU arithmetic several times slower: a dgmr_advect_tiny
+        # step varied between 2 and 8 s without this, and stayed at 1.9 s with it.
+        import torch
+
+        torch.set_flush_denormal(True)
     datamodule, method, trainer = build_training(cfg)
     log.info(
         "training %s (%s) on %s; outputs in %s",
         type(method).__name__,
         cfg.network._target_,
-        cfg.data.path,
+        OmegaConf.to_container(cfg.data, resolve=True).get("path"),
         output_dir,
     )
     metrics: dict[str, float] = {}
