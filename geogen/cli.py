@@ -39,10 +39,14 @@ def _provenance(cfg: DictConfig) -> dict[str, Any]:
 def run_forecast(cfg: DictConfig) -> str:
     """Read the context from the archive, forecast, write the file; return its path."""
     from geogen.forecasting import forecast, get_forecaster, read_context, write_forecast
+    from geogen.verification.app import LEARNED_FORECASTERS
 
     kwargs: dict[str, Any] = dict(to_plain(cfg.baseline).get(cfg.model) or {})
-    if cfg.ckpt:
+    if cfg.ckpt or cfg.model in LEARNED_FORECASTERS:
+        # learned models: ckpt=null takes the checkpoint geogen ships for the model, if any
         kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
+    if cfg.get("ckpt_sha256"):
+        kwargs.update(ckpt_sha256=cfg.ckpt_sha256)
     model = get_forecaster(cfg.model, **kwargs)
     source = to_plain(cfg.source)
     region = OmegaConf.to_object(cfg.region) if cfg.region else None

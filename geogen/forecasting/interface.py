@@ -110,6 +110,7 @@ FORECASTERS: Registry[Forecaster] = Registry(
         "geogen.baselines.persistence",
         "geogen.baselines.pysteps_methods",
         "geogen.forecasting.learned",
+        "geogen.forecasting.dgmr_advect",
         "geogen.forecasting.vae",
         "geogen.forecasting.flow",
     ),

@@ -210,7 +210,11 @@ class CheckpointForecaster(Forecaster):
     Parameters
     ----------
     ckpt
-        Checkpoint written by ``geogen-train``.
+        Checkpoint written by ``geogen-train``; ``None`` takes the checkpoint geogen ships for
+        this model (``checkpoints/``, see :mod:`geogen.forecasting.shipped`), if any.
+    ckpt_sha256
+        Expected SHA-256 of the checkpoint file: loading refuses a file that differs (shipped
+        checkpoints are always checked against ``checkpoints/index.json``).
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     batch_members
@@ -232,10 +236,12 @@ class CheckpointForecaster(Forecaster):
         device: str = "auto",
         batch_members: int = 4,
         precision: str = "32",
+        ckpt_sha256: str | None = None,
     ) -> None:
+        from geogen.forecasting.shipped import resolve_checkpoint
+
         label = self.checkpoint_model
-        if ckpt is None:
-            raise ForecastError(f"model={label} needs a checkpoint: ckpt=PATH (from geogen-train)")
+        ckpt = resolve_checkpoint(label, ckpt, ckpt_sha256)
         if int(batch_members) < 1:
             raise ForecastError(f"batch_members must be >= 1, got {batch_members}")
         if precision not in ("32", "bf16"):

@@ -25,6 +25,10 @@ from geogen.verification.scoring import ModelSpec, ScoringSettings, score_files,
 log = logging.getLogger(__name__)
 
 
+#: Forecasters that run a checkpoint (shipped ones need no ``ckpt``) and take device settings.
+LEARNED_FORECASTERS = ("dgmr", "dgmr_advect", "vae", "flow")
+
+
 class PlotSettings(BaseModel):
     """Which plots to draw."""
 
@@ -103,6 +107,7 @@ class ScoreConfig(BaseModel):
         """Forecasters to run: names get ``baseline.<name>`` settings; dicts give their own."""
         specs = []
         for entry in self.models:
+            label = None
             if isinstance(entry, str):
                 name, extra = entry, {}
             else:
@@ -110,12 +115,19 @@ class ScoreConfig(BaseModel):
                 if "name" not in extra:
                     raise VerificationError(f"model entry {entry} has no 'name'")
                 name = str(extra.pop("name"))
+                label = extra.pop("label", None)
             kwargs = dict(self.baseline.get(name) or {})
             kwargs.update(extra)
-            if "ckpt" in kwargs:
+            if "ckpt" in kwargs or name in LEARNED_FORECASTERS:
                 kwargs.setdefault("device", self.device)
                 kwargs.setdefault("batch_members", self.batch_members)
-            specs.append(ModelSpec(name, kwargs))
+            specs.append(ModelSpec(name, kwargs, None if label is None else str(label)))
+        labels = [spec.display for spec in specs]
+        if len(set(labels)) < len(labels):
+            raise VerificationError(
+                f"two models share a name in models={labels}; give one a label "
+                "({name: ..., ckpt: ..., label: my_run})"
+            )
         return specs
 
     def downscaler_specs(self) -> dict[str, dict[str, Any]]:

@@ -492,10 +492,20 @@ def _members_identical(values: np.ndarray) -> bool:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ModelSpec:
-    """A forecaster to run on each case: registered name and keyword arguments."""
+    """A forecaster to run on each case: registered name, keyword arguments, and its label.
+
+    ``label`` names the model's rows in the scores (default: ``name``), so one forecaster
+    can be scored twice, e.g. two checkpoints of ``dgmr_advect``.
+    """
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The name of the model's rows in the scores."""
+        return self.label or self.name
 
     def build(self) -> Any:
         """The :class:`~geogen.forecasting.Forecaster`."""
@@ -720,7 +730,7 @@ def score_files(
                 run = run.isel(y=crop[0], x=crop[1])
             except (ForecastError, SourceError) as exc:
                 raise VerificationError(f"{spec.name} at {issue}: {exc}") from None
-            in_memory[spec.name] = run
+            in_memory[spec.display] = run
             if scorer.pixel_size_km is None:
                 from geogen.forecasting.api import grid_spacing_km
 
@@ -765,7 +775,7 @@ def score_files(
         "mode": "files",
         "source": src_cfg.get("name"),
         "files": {name: str(path) for name, path in names.items()},
-        "reference_models": [spec.name for spec in models],
+        "reference_models": [spec.display for spec in models],
         "weights": "equal (1 per case)",
     }
     return scorer.result(meta)
@@ -927,7 +937,7 @@ def score_store(
         for spec, model in built:
             n = members if model.stochastic else 1
             try:
-                forecasts[spec.name] = model.predict(
+                forecasts[spec.display] = model.predict(
                     context[-model.n_context :],
                     leads=len(lead_index),
                     members=n,
@@ -935,7 +945,7 @@ def score_store(
                     timestep_minutes=info.timestep_minutes,
                 )
             except ForecastError as exc:
-                raise VerificationError(f"{spec.name} on crop {i}: {exc}") from None
+                raise VerificationError(f"{spec.display} on crop {i}: {exc}") from None
         p = sample_prob[i]
         weight = 1.0 / p if weights == "sample_prob" else 1.0
         if weights == "sample_prob" and not (np.isfinite(p) and p > 0):
@@ -946,7 +956,7 @@ def score_store(
         "store": os.fspath(store),
         "split": split,
         "n_cases_available": available,
-        "models": [spec.name for spec in models],
+        "models": [spec.display for spec in models],
         "weights": "1 / sample_prob" if weights == "sample_prob" else "equal",
     }
     return scorer.result(meta)
