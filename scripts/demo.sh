@@ -2,7 +2,8 @@
 # geogen's main job on the bundled defaults, from a fresh clone:
 #   set up .venv -> prepare nowcasting crops from the sample radar data -> train DGMR (tiny
 #   width, a few minutes on CPU) -> reference nowcasts (persistence, pysteps extrapolation,
-#   pysteps STEPS) and a 20-member DGMR ensemble for the held-back case -> score every forecast
+#   pysteps STEPS), a 20-member DGMR ensemble and one of the shipped dgmr_advect checkpoint for
+#   the held-back case -> score every forecast
 #   in $OUT/forecasts against the archive -> plots and report.md; then downscaling: pairs
 #   (128 x 128 crops and their 16 x 16 block means) -> the tiny downscaling GAN (when its
 #   experiment exists) -> interp, RainFARM (and GAN) ensembles of the held-back case, coarsened
@@ -67,10 +68,14 @@ geogen-forecast model=pysteps_steps members=20 seed=24 margin=96 "${CASE[@]}" \
     out="$FORECASTS/pysteps_steps.nc" progress=false hydra.run.dir="$OUT/logs/forecast-steps"
 
 # 4. A 20-member DGMR ensemble for the same case, straight from the raw archive (the generator
-#    is fully convolutional: the window is forecast as it is).
-stage 4 "20-member DGMR forecast (geogen-forecast model=dgmr)"
+#    is fully convolutional: the window is forecast as it is), and one of dgmr_advect with the
+#    checkpoint geogen ships (checkpoints/, trained on every 5-minute radar source; its SHA-256
+#    is checked on loading), conditioned on pysteps' advection of the wider context (margin).
+stage 4 "20-member DGMR and shipped dgmr_advect forecasts (geogen-forecast)"
 geogen-forecast model=dgmr ckpt="$TRAIN_DIR/checkpoints/last.ckpt" members=20 "${CASE[@]}" \
     out="$FORECASTS/dgmr.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr"
+geogen-forecast model=dgmr_advect members=20 margin=96 "${CASE[@]}" \
+    out="$FORECASTS/dgmr_advect.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr-advect"
 
 # 5. Scores of every forecast against the archive, plots (with GIFs of members) and the report.
 stage 5 "score every forecast in $FORECASTS (geogen-score)"

@@ -101,12 +101,21 @@ class DGMRAdvectForecaster(DGMRForecaster):
         """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``."""
         if self._advected is None or self._advected.shape[1] != leads:
             raise ForecastError("forecast_batch needs the advected frames: call predict")
+        from geogen.forecasting.learned import member_generator
+
         height, width = inputs.shape[-2:]
-        z = torch.stack([self._latent(seed, m, height, width) for m in members]).to(self.device)
+        latents, noises = [], []
+        for m in members:  # each member's draws come from its own (seed, member) generator
+            generator = member_generator(seed, m)
+            latents.append(self.generator.sample_latent(1, height, width, generator=generator))
+            noises.append(self.generator.sample_noise(1, leads, height, width, generator=generator))
+        z = torch.cat(latents).to(self.device)
+        noise = [torch.cat(scale).to(self.device) for scale in zip(*noises, strict=True)]
         n = len(members)
         return self.generator(
             inputs.expand(n, -1, -1, -1),
             leads,
             z=z,
             advected=self._advected.expand(n, -1, -1, -1).to(inputs.dtype),
+            noise=noise or None,
         )

@@ -85,3 +85,90 @@ def resolve_checkpoint(
     if ckpt_sha256:
         verify_sha256(ckpt, ckpt_sha256)
     return Path(ckpt)
+
+
+def export_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    prefix: str = "network.generator.",
+    half: bool = True,
+) -> dict[str, Any]:
+    """Write a forecasting-only copy of a training checkpoint (weights under ``prefix``).
+
+    Keeps geogen's metadata (network config, training data, versions) and the weights the
+    forecaster loads, drops the optimizer states, the discriminators and Lightning's loop
+    state; ``half`` stores floating-point weights as float16 (they are loaded back into the
+    float32 network). The file is written to a temporary path and renamed.
+
+    Returns
+    -------
+    dict
+        ``{"file", "sha256", "bytes", "parameters"}`` of the written checkpoint.
+    """
+    import torch
+
+    from geogen.forecasting.learned import load_geogen_checkpoint, sha256_file
+    from geogen.methods.base import CHECKPOINT_KEY
+
+    meta = torch.load(src, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY) or {}
+    checkpoint = load_geogen_checkpoint(src, str(meta.get("model")))
+    state = {}
+    for key, value in checkpoint["state_dict"].items():
+        if key.startswith(prefix):
+            state[key] = value.half() if half and value.is_floating_point() else value
+    if not state:
+        raise ForecastError(f"{src} holds no weights under {prefix!r}")
+    slim = {
+        CHECKPOINT_KEY: {**checkpoint[CHECKPOINT_KEY], "exported_from": os.fspath(src)},
+        "state_dict": state,
+        "global_step": checkpoint.get("global_step"),
+        "epoch": checkpoint.get("epoch"),
+    }
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    torch.save(slim, tmp)
+    os.replace(tmp, dst)
+    return {
+        "file": dst.name,
+        "sha256": sha256_file(dst),
+        "bytes": dst.stat().st_size,
+        "parameters": int(sum(v.numel() for v in state.values())),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m geogen.forecasting.shipped export SRC DST [--model NAME] [--index]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m geogen.forecasting.shipped")
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="slim a training checkpoint for forecasting")
+    export.add_argument("src")
+    export.add_argument("dst")
+    export.add_argument("--float32", action="store_true", help="keep float32 weights")
+    export.add_argument("--index", action="store_true", help="record it in DST's index.json")
+    export.add_argument("--model", default=None, help="index entry name (default: its model)")
+    sub.add_parser("list", help="the shipped checkpoints")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print(json.dumps(shipped_index(), indent=2))
+        return
+    entry = export_checkpoint(args.src, args.dst, half=not args.float32)
+    if args.index:
+        import torch
+
+        meta = torch.load(args.dst, map_location="cpu", weights_only=True)["geogen"]
+        name = args.model or meta["model"]
+        index_path = Path(args.dst).parent / INDEX
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        index[name] = {**index.get(name, {}), **entry, "model": meta["model"]}
+        tmp = index_path.with_name(f".{INDEX}.tmp")
+        tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, index_path)
+    print(json.dumps(entry, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -53,10 +53,10 @@ from torch.nn.utils import parametrize
 from geogen.nn.blocks import ConvGRU, DBlock, GBlock, LBlock, SpatialAttention
 from geogen.nn.layers import (
     MeanOnlyBatchNorm,
-    SequenceBatchNorm2d,
     conv2d,
     depth_to_space,
     linear,
+    sequence_norm,
     space_to_depth,
 )
 
@@ -156,6 +156,9 @@ class Sampler(nn.Module):
         Channels of per-lead conditioning features concatenated to each level's GRU input at
         every step, coarse to fine (``(0, 0, 0, 0)``: DGMR as published; see
         :mod:`geogen.models.dgmr_advect`).
+    norm
+        ``"batch"`` (DGMR's batch norms) or ``"none"`` (no normalisation: each member's
+        output depends on its own inputs only, whatever else is in the batch).
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class Sampler(nn.Module):
         base_channels: int = 24,
         in_channels: int = 1,
         extra_channels: tuple[int, int, int, int] | list[int] = (0, 0, 0, 0),
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         c = base_channels
@@ -176,9 +180,9 @@ class Sampler(nn.Module):
         ]
         self.grus = nn.ModuleList(ConvGRU(i, s) for i, s in zip(inputs, states, strict=True))
         self.convs = nn.ModuleList(conv2d(s, 2 * s, 1) for s in states)
-        self.gblocks = nn.ModuleList(GBlock(2 * s, 2 * s) for s in states)
-        self.up_gblocks = nn.ModuleList(GBlock(2 * s, s, upsample=True) for s in states)
-        self.output_bn = SequenceBatchNorm2d(2 * c)
+        self.gblocks = nn.ModuleList(GBlock(2 * s, 2 * s, norm=norm) for s in states)
+        self.up_gblocks = nn.ModuleList(GBlock(2 * s, s, upsample=True, norm=norm) for s in states)
+        self.output_bn = sequence_norm(2 * c, norm)
         self.output_conv = conv2d(2 * c, 4 * in_channels, 1)
 
     def forward(
@@ -190,7 +194,8 @@ class Sampler(nn.Module):
     ) -> torch.Tensor:
         """Initial states (fine to coarse) + latent features -> ``(B, L, H, W)`` (pre-ReLU).
 
-        ``extras`` (with ``extra_channels``): per-lead features, coarse to fine, each
+        With ``in_channels > 1`` the output is ``(B, L, in_channels, H, W)``. ``extras`` (with
+        ``extra_channels``): per-lead features, coarse to fine, each
         ``(B, L, extra_channels[level], h, w)`` at that level's resolution.
         """
         b = latent.shape[0]
@@ -213,7 +218,9 @@ class Sampler(nn.Module):
         h = inputs.flatten(0, 1)
         h = self.output_conv(F.relu(self.output_bn(h, steps=lead_frames)))
         h = depth_to_space(h)  # (B * L, in_channels, H, W)
-        return h.reshape(b, lead_frames, *h.shape[-2:])
+        if self.in_channels == 1:
+            return h.reshape(b, lead_frames, *h.shape[-2:])
+        return h.reshape(b, lead_frames, self.in_channels, *h.shape[-2:])
 
 
 class Generator(nn.Module):

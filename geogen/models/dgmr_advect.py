@@ -28,6 +28,21 @@ Architecture (widths for ``base_channels = c``):
 
 With ``model space = log1p(mm/h)`` (the shipped configs) the residual is multiplicative in rain
 rate. The discriminators are DGMR's (:class:`~geogen.models.dgmr.Discriminator`).
+
+**Explicit noise** (``noise_scales``, e.g. ``[2, 8, 32]``). DGMR's only randomness is its
+latent ``z`` at 1/32 of the resolution; a network trained for minutes turns it into little
+spread, and none at the pixel scale the scores see. With ``noise_scales`` the head has a
+second output channel ``s_t`` and the forecast becomes
+
+``y_t = relu(a_t + g * r_t + tau * 2 sigmoid(s_t) * eps_t)``
+
+where ``eps_t`` is multi-scale noise: for each scale ``k`` a field of ``N(0, 1)`` values on a
+grid ``k`` times coarser, correlated in time by a learned AR(1) coefficient ``rho_k``
+(``n_t = rho_k n_{t-1} + sqrt(1 - rho_k^2) e_t``), upsampled bilinearly and summed with learned
+weights. The network predicts *where* and *how much* the members should differ
+(``2 sigmoid(s_t)``, bounded, from the context, the advection and ``z``); the noise gives
+every member its own realisation, as the cascade noise of STEPS does. ``tau`` starts at 0.05, so the
+samples differ from the first step and the ensemble CRPS has a spread gradient to follow.
 """
 
 from __future__ import annotations
@@ -40,6 +55,9 @@ from torch.nn.utils import parametrize
 from geogen.models.dgmr import DOWNSCALE, Generator, Sampler, _check_frames
 from geogen.nn.blocks import DBlock
 from geogen.nn.layers import space_to_depth
+
+#: Learning-rate multiplier of the gains and noise parameters (see AdvectionGenerator).
+GAIN_RATE = 20.0
 
 
 class AdvectionEncoder(nn.Module):
@@ -85,6 +103,15 @@ class AdvectionGenerator(Generator):
         As :class:`~geogen.models.dgmr.Generator`.
     output_activation
         ``"relu"`` (non-negative output in model space) or ``"none"``.
+    noise_scales
+        Coarsening factors of the explicit multi-scale noise (``None``: DGMR's latent only;
+        see the module docstring).
+    norm
+        ``"none"`` (default: no batch norm in the sampler, so a member never depends on the
+        other members of its batch and the network is the same in training and forecasting)
+        or ``"batch"`` (DGMR's).
+    max_log_scale
+        Upper bound of the noise amplitude head, ``max_log_scale * sigmoid(s_t)``.
     """
 
     #: Extra inputs of :meth:`forward` that the data module must provide.
@@ -97,13 +124,78 @@ class AdvectionGenerator(Generator):
         base_channels: int = 24,
         latent_channels: int = 8,
         output_activation: str = "relu",
+        noise_scales: list[int] | tuple[int, ...] | None = None,
+        norm: str = "none",
+        max_log_scale: float = 2.0,
     ) -> None:
         super().__init__(
             context_frames, lead_frames, base_channels, latent_channels, output_activation
         )
+        self.noise_scales = [int(k) for k in noise_scales or ()]
+        if any(k < 1 for k in self.noise_scales):
+            raise ValueError(f"noise_scales must be >= 1, got {self.noise_scales}")
+        heads = 2 if self.noise_scales else 1
         self.advection_encoder = AdvectionEncoder(base_channels)
-        self.sampler = Sampler(base_channels, extra_channels=self.advection_encoder.widths[::-1])
+        self.sampler = Sampler(
+            base_channels,
+            in_channels=heads,
+            extra_channels=self.advection_encoder.widths[::-1],
+            norm=norm,
+        )
+        self.max_log_scale = float(max_log_scale)
+        # The gains and noise parameters are stored divided by GAIN_RATE (used multiplied by
+        # it): Adam moves a parameter by about lr per step whatever its gradient, so a plain
+        # scalar gain would need thousands of steps to leave 0; this is a 20x learning rate
+        # for these few numbers (the "equalised learning rate" trick of progressive GANs).
         self.residual_gain = nn.Parameter(torch.zeros(()))
+        if self.noise_scales:
+            n = len(self.noise_scales)
+            self.noise_gain = nn.Parameter(torch.full((), 0.05 / GAIN_RATE))
+            self.noise_weights = nn.Parameter(torch.zeros(n))  # softplus: equal weights
+            self.noise_memory = nn.Parameter(torch.full((n,), 2.0 / GAIN_RATE))  # rho ~ 0.88
+
+    def sample_noise(
+        self,
+        batch: int,
+        leads: int,
+        height: int,
+        width: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> list[torch.Tensor]:
+        """The innovations of the multi-scale noise: per scale ``(batch, leads, h/k, w/k)``.
+
+        Drawn on the device of ``generator`` (if given), then moved to ``device``; ``[]``
+        without ``noise_scales``.
+        """
+        where = generator.device if generator is not None else device
+        out = []
+        for k in self.noise_scales:
+            shape = (batch, leads, -(-height // k), -(-width // k))
+            draw = torch.randn(shape, generator=generator, device=where)
+            out.append(draw.to(device=device, dtype=dtype))
+        return out
+
+    def noise_field(self, innovations: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """Multi-scale, AR(1)-in-time noise ``(batch, leads, height, width)``, unit weights sum."""
+        weights = F.softplus(GAIN_RATE * self.noise_weights)
+        weights = weights / weights.square().sum().sqrt()
+        rho = torch.sigmoid(GAIN_RATE * self.noise_memory)
+        total = None
+        for i, draw in enumerate(innovations):
+            steps = [draw[:, 0]]
+            keep = torch.sqrt(1 - rho[i] ** 2)
+            for t in range(1, draw.shape[1]):
+                steps.append(rho[i] * steps[-1] + keep * draw[:, t])
+            field = torch.stack(steps, dim=1)
+            if field.shape[-2:] != (height, width):
+                field = F.interpolate(
+                    field, size=(height, width), mode="bilinear", align_corners=False
+                )
+            total = weights[i] * field if total is None else total + weights[i] * field
+        return total
 
     def forward(
         self,
@@ -113,6 +205,7 @@ class AdvectionGenerator(Generator):
         advected: torch.Tensor | None = None,
         z: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        noise: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Forecast lead frames from context frames and their advection forecast.
 
@@ -127,6 +220,9 @@ class AdvectionGenerator(Generator):
             model space (:func:`geogen.data.advection.advect`).
         z, generator
             Latent noise, as :meth:`Generator.forward`.
+        noise
+            With ``noise_scales``: the innovations of :meth:`sample_noise` (drawn with
+            ``generator`` when ``None``).
 
         Returns
         -------
@@ -154,10 +250,34 @@ class AdvectionGenerator(Generator):
                 f"z must have shape {(b, *self.latent_shape(h, w))}, got {tuple(z.shape)}"
             )
         advected = advected.to(context.dtype)
+        if self.noise_scales and noise is None:
+            noise = self.sample_noise(
+                b,
+                lead_frames,
+                h,
+                w,
+                generator=generator,
+                device=context.device,
+                dtype=context.dtype,
+            )
         with parametrize.cached():
             states = self.conditioning_stack(context)
             latent = self.latent_stack(z.to(context.dtype))
             extras = self.advection_encoder(advected)
-            residual = self.sampler(states, latent, lead_frames, extras)
-        out = advected + self.residual_gain * residual
+            heads = self.sampler(states, latent, lead_frames, extras)
+        gain = GAIN_RATE * self.residual_gain
+        if not self.noise_scales:
+            out = advected + gain * heads
+        else:
+            expected = [(b, lead_frames, -(-h // k), -(-w // k)) for k in self.noise_scales]
+            if [tuple(n.shape) for n in noise] != expected:
+                raise ValueError(
+                    f"noise must be innovations of shapes {expected}, got "
+                    f"{[tuple(n.shape) for n in noise]}"
+                )
+            eps = self.noise_field([n.to(context.dtype) for n in noise], h, w)
+            # bounded: one sample far in the tail of exp(log1p space) would dominate the CRPS
+            scale = self.max_log_scale * torch.sigmoid(heads[:, :, 1])
+            noise_gain = GAIN_RATE * self.noise_gain
+            out = advected + gain * heads[:, :, 0] + noise_gain * scale * eps
         return F.relu(out) if self.output_activation == "relu" else out

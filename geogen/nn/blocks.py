@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geogen.nn.layers import SequenceBatchNorm2d, conv2d, conv3d
+from geogen.nn.layers import conv2d, conv3d, sequence_norm
 
 
 def _check_channels(name: str, x: torch.Tensor, channels: int, dims: int) -> None:
@@ -82,15 +82,17 @@ class GBlock(nn.Module):
     neighbour and the shortcut is a 1x1 convolution; otherwise the shortcut is a 1x1
     convolution only when the channels change. Spectrally normalised convolutions; the batch
     norms keep statistics per time step when called with ``steps`` (see
-    :class:`~geogen.nn.layers.SequenceBatchNorm2d`).
+    :class:`~geogen.nn.layers.SequenceBatchNorm2d`); ``norm="none"`` leaves them out.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, upsample: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, upsample: bool = False, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.upsample = in_channels, out_channels, upsample
-        self.bn1 = SequenceBatchNorm2d(in_channels)
+        self.bn1 = sequence_norm(in_channels, norm)
         self.conv1 = conv2d(in_channels, out_channels, 3)
-        self.bn2 = SequenceBatchNorm2d(out_channels)
+        self.bn2 = sequence_norm(out_channels, norm)
         self.conv2 = conv2d(out_channels, out_channels, 3)
         self.shortcut = (
             conv2d(in_channels, out_channels, 1)

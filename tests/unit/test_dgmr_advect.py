@@ -25,7 +25,7 @@ from geogen.forecasting import shipped as shipped_module
 from geogen.io import open_source
 from geogen.losses import ensemble_crps, ensemble_spread_skill, grid_cell_regulariser, pooled_crps
 from geogen.models.dgmr import DGMR, Discriminator, Generator, parameter_counts
-from geogen.models.dgmr_advect import AdvectionGenerator
+from geogen.models.dgmr_advect import GAIN_RATE, AdvectionGenerator
 from geogen.training import compose_train_config, run_train
 
 
@@ -114,7 +114,7 @@ def test_advection_generator_starts_at_the_extrapolation_and_learns_a_residual()
     assert out.shape == (2, 6, 64, 64)
     torch.testing.assert_close(out, advected)  # gain 0: exactly the advection forecast
     with torch.no_grad():
-        gen.residual_gain.fill_(0.5)
+        gen.residual_gain.fill_(0.5 / GAIN_RATE)
     gen.eval()  # fixed spectral-norm vectors and batch-norm statistics
     z = gen.sample_latent(2, 64, 64, generator=torch.Generator().manual_seed(1))
     a = gen(context, advected=advected, z=z)
@@ -126,6 +126,38 @@ def test_advection_generator_starts_at_the_extrapolation_and_learns_a_residual()
     shifted = gen(context, advected=advected.roll(8, dims=-1), z=z)
     assert (a - shifted).abs().max() > 1e-4  # and so do the advected frames
     assert set(gen.conditions) == {"advected"}
+
+
+def test_multiscale_noise_is_ar1_in_time_with_unit_variance():
+    gen = small_generator(noise_scales=[1])
+    with torch.no_grad():
+        gen.noise_memory.fill_(float(torch.logit(torch.tensor(0.8))) / GAIN_RATE)
+    draws = gen.sample_noise(64, 6, 32, 32, generator=torch.Generator().manual_seed(0))
+    field = gen.noise_field(draws, 32, 32).detach()
+    assert field.shape == (64, 6, 32, 32)
+    assert float(field.std()) == pytest.approx(1.0, abs=0.02)
+    lag1 = float((field[:, 1:] * field[:, :-1]).mean())
+    assert lag1 == pytest.approx(0.8, abs=0.02)
+    lag3 = float((field[:, 3:] * field[:, :-3]).mean())
+    assert lag3 == pytest.approx(0.8**3, abs=0.03)
+    coarse = small_generator(noise_scales=[2, 8, 32])
+    draws = coarse.sample_noise(1, 6, 64, 96)
+    assert [tuple(d.shape) for d in draws] == [(1, 6, 32, 48), (1, 6, 8, 12), (1, 6, 2, 3)]
+    assert coarse.noise_field(draws, 64, 96).shape == (1, 6, 64, 96)
+
+
+def test_noise_gives_members_spread_from_the_first_step():
+    torch.manual_seed(0)
+    gen = small_generator(noise_scales=[2, 8]).eval()
+    context, advected = torch.rand(1, 4, 64, 64), torch.rand(1, 6, 64, 64) + 1.0
+    a = gen(context, advected=advected, generator=torch.Generator().manual_seed(1))
+    b = gen(context, advected=advected, generator=torch.Generator().manual_seed(2))
+    same = gen(context, advected=advected, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, same)
+    spread = (a - b).abs().mean()
+    assert 1e-3 < float(spread) < 0.5  # tau = 0.05 at initialisation: small but not zero
+    with pytest.raises(ValueError, match="noise must be innovations"):
+        gen(context, advected=advected, noise=[torch.zeros(1, 6, 8, 8)])
 
 
 def test_advection_generator_input_errors():
@@ -359,6 +391,7 @@ def test_forecaster_ensemble_seeding_and_no_data(trained, context):
 def test_a_new_network_forecasts_the_extrapolation(trained, context, tmp_path):
     state = torch.load(trained.last_checkpoint, weights_only=True)
     state["state_dict"]["network.generator.residual_gain"] = torch.zeros(())
+    state["state_dict"]["network.generator.noise_gain"] = torch.zeros(())
     torch.save(state, tmp_path / "zero_gain.ckpt")
     model = get_forecaster("dgmr_advect", ckpt=tmp_path / "zero_gain.ckpt")
     fc = geogen.forecast(model, context, members=2, leads=3).values
