@@ -103,7 +103,7 @@ class SplitConfig(_Strict):
 
 
 class DaskConfig(_Strict):
-    """Where the work runs: a local cluster (default) or an existing scheduler."""
+    """Where the work runs: a local cluster (default), threads here, or an existing scheduler."""
 
     address: str | None = None
     connect_timeout: str = "30s"
@@ -111,6 +111,7 @@ class DaskConfig(_Strict):
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
     processes: bool = True
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = "auto"
 
 
 class PartsConfig(_Strict):
