@@ -110,8 +110,7 @@ class DaskConfig(_Strict):
     n_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
-    processes: bool = True
-    start_method: Literal["auto", "fork", "forkserver", "spawn"] = "auto"
+    processes: bool = False
 
 
 class PartsConfig(_Strict):

@@ -5,14 +5,14 @@ tasks to later ones, and waits for whichever finishes first:
 
 - ``dask.address=tcp://HOST:PORT``: an existing Dask cluster (its workers must see the input
   archive and the output path); results stay on the workers and move only where needed;
-- no address, ``dask.n_workers > 1`` and ``dask.processes=true`` (the default): a
-  :class:`distributed.LocalCluster` of worker processes, started and stopped here. Workers
-  are forked from this process where the platform allows (``dask.start_method=auto``), so
-  they start in a fraction of a second instead of re-importing pysteps in each;
-- no address and ``dask.n_workers=1`` or ``dask.processes=false``: a thread pool in this
-  process (``n_workers x threads_per_worker`` threads), no cluster at all. Decoding (PIL,
-  netCDF), the numpy statistics and the zarr codecs release the GIL, so threads scale on one
-  machine and results are shared without copies;
+- no address and ``dask.processes=false`` (the default) or ``dask.n_workers=1``: a thread
+  pool in this process (``n_workers x threads_per_worker`` threads), no cluster to start.
+  Decoding (PIL), the numpy statistics and the zarr codecs release the GIL, so threads scale
+  on one machine, and decoded frames are shared without copies;
+- no address, ``dask.n_workers > 1`` and ``dask.processes=true``: a
+  :class:`distributed.LocalCluster` of worker processes, started (about 2 s: each worker
+  imports pysteps) and stopped here; for readers that hold the GIL or a lock (the HDF5 and
+  netCDF importers share one);
 - ``dask.address=inline``: every task runs at submission, in this process, one at a time
   (tests, debugging).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import sys
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -61,6 +61,7 @@ class Runner:
         self.client = client
         self.progress = progress
         self._workers = workers
+        self._finished: queue.SimpleQueue[None] = queue.SimpleQueue()
 
     @property
     def n_workers(self) -> int:
@@ -85,19 +86,31 @@ class Runner:
         calls), so a thread waiting on one never waits for a task queued behind it.
         """
         if self.client is not None:
-            return self.client.submit(func, *args, pure=False)
-        return self.executor.submit(_call_with_results, func, args)
+            future = self.client.submit(func, *args, pure=False)
+        else:
+            future = self.executor.submit(_call_with_results, func, args)
+        future.add_done_callback(self._wake)
+        return future
+
+    def _wake(self, _future: Any) -> None:
+        self._finished.put(None)  # a token, not the future: results are not kept alive
 
     def wait(self, futures: Iterable[Any]) -> set[Any]:
-        """Wait until at least one of ``futures`` is done; return the done ones."""
-        futures = list(futures)
-        if self.client is not None:
-            from distributed import wait
+        """Wait until at least one of ``futures`` (submitted here) is done; return the done ones.
 
-            done, _ = wait(futures, return_when="FIRST_COMPLETED")
-            return set(done)
-        done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
-        return set(done)
+        Woken by the futures' own completion callbacks (``distributed.wait`` would use the
+        process's default client, not necessarily this runner's).
+        """
+        futures = list(futures)
+        while True:
+            done = {f for f in futures if f.done()}
+            if done or not futures:
+                with contextlib.suppress(queue.Empty):
+                    while True:  # tokens of completions seen now
+                        self._finished.get_nowait()
+                return done
+            with contextlib.suppress(queue.Empty):
+                self._finished.get(timeout=1.0)
 
     def cancel(self, futures: Iterable[Any]) -> None:
         """Cancel tasks that have not started (after an error)."""
@@ -122,13 +135,6 @@ class _InlineExecutor(cf.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], **_: Any) -> Iterator[Any]:
         return (fn(*args) for args in zip(*iterables, strict=True))
-
-
-def start_method(cfg: DaskConfig) -> str:
-    """How local worker processes start: ``fork`` where available (Linux), else ``spawn``."""
-    if cfg.start_method != "auto":
-        return cfg.start_method
-    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 @contextlib.contextmanager
@@ -162,22 +168,18 @@ def open_runner(cfg: DaskConfig, progress: bool = True) -> Iterator[Runner]:
         with client:
             yield Runner(None, client, progress)
         return
-    method = start_method(cfg)
     log.info(
-        "starting a local Dask cluster: %d worker processes (%s) x %d threads",
+        "starting a local Dask cluster: %d worker processes x %d threads",
         cfg.n_workers,
-        method,
         cfg.threads_per_worker,
     )
     # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's
     # dynamic mmap threshold: every frame-sized array becomes an mmap with fresh page faults,
     # and reading/compressing runs ~2x slower (measured on the mch sample). Leave glibc be.
-    settings = {
-        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-        "distributed.worker.multiprocessing-method": method,
-    }
+    # (Workers are spawned, distributed's default: forked ones start faster, but inherit
+    # this process's threads' state and hung a benchmark run waiting for a transfer.)
     with (
-        dask.config.set(settings),
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
         LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,
