@@ -346,6 +346,8 @@ class DGMRForecaster(CheckpointForecaster):
     checkpoint_model = "dgmr"
     size_multiple = 32
     min_domain = MIN_DOMAIN
+    #: About the most bytes of sampler activations alive at once (see :meth:`forecast_batch`).
+    sampler_memory = 2 * 2**30
 
     def build(self, checkpoint: dict[str, Any]) -> int:
         """The generator of the checkpoint."""
@@ -362,7 +364,54 @@ class DGMRForecaster(CheckpointForecaster):
     def forecast_batch(
         self, inputs: torch.Tensor, leads: int, members: range, seed: int
     ) -> torch.Tensor:
-        """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``."""
+        """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``.
+
+        Memory-bounded, with the generator's result: every member has the same context, so
+        the conditioning stack runs once for the batch; the sampler is unrolled over chunks
+        of lead times, all four levels for one chunk before the next (each level's ConvGRU
+        state carries over), with as many leads per chunk as keep about
+        :attr:`sampler_memory` bytes of activations alive (the finest level holds about
+        ``40 * base_channels`` bytes per pixel of the half-resolution grid per member and
+        lead). A 20-member, 18-lead forecast of the 640 x 710 MeteoSwiss domain at the
+        paper's width then needs a few GB instead of ~2 GB per member.
+        """
+        from torch.nn import functional as F
+        from torch.nn.utils import parametrize
+
+        from geogen.nn.layers import depth_to_space
+
+        generator, sampler = self.generator, self.generator.sampler
         height, width = inputs.shape[-2:]
+        n = len(members)
         z = torch.stack([self._latent(seed, m, height, width) for m in members]).to(self.device)
-        return self.generator(inputs.expand(len(members), -1, -1, -1), leads, z=z)
+        per_lead = 40 * generator.base_channels * (height // 2) * (width // 2) * n
+        chunk = int(min(leads, max(1, self.sampler_memory // per_lead)))
+        out: torch.Tensor | None = None
+        # Spectrally normalised weights are computed once, not at every lead step.
+        with parametrize.cached():
+            states = [s.expand(n, -1, -1, -1) for s in generator.conditioning_stack(inputs)]
+            states = states[::-1]  # coarse to fine, as the sampler's levels
+            latent = generator.latent_stack(z.to(inputs.dtype))
+            for first in range(0, leads, chunk):
+                steps = min(chunk, leads - first)
+                below: torch.Tensor | None = None  # (n, steps, C, h, w) from the coarser level
+                for level, gru in enumerate(sampler.grus):
+                    outputs = []
+                    for step in range(steps):
+                        x = latent if below is None else below[:, step]
+                        states[level] = gru(x, states[level])
+                        outputs.append(states[level])
+                    h = torch.stack(outputs, dim=1).flatten(0, 1)  # batch-major
+                    h = sampler.convs[level](h)
+                    h = sampler.gblocks[level](h, steps=steps)
+                    h = sampler.up_gblocks[level](h, steps=steps)
+                    below = h.unflatten(0, (n, steps))
+                h = below.flatten(0, 1)
+                h = sampler.output_conv(F.relu(sampler.output_bn(h, steps=steps)))
+                frames = depth_to_space(h).reshape(n, steps, height, width)
+                if generator.output_activation == "relu":
+                    frames = F.relu(frames)
+                if out is None:
+                    out = frames.new_empty((n, leads, height, width))
+                out[:, first : first + steps] = frames
+        return out
