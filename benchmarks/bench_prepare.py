@@ -18,9 +18,11 @@ For each archive:
   cluster);
 - ``geogen_2_processes``: ``dask.n_workers=2 dask.processes=true`` (a local Dask cluster of 2
   worker processes, started and stopped within the timing);
-- for each: wall seconds, crops written, crops/s, input MB/s (bytes of the input files divided
-  by wall time), ``speedup_vs_naive`` (naive seconds / seconds), and ``same_crops_as_naive``
-  (the crop array's chunk files are byte-identical to the naive loop's);
+- for each: wall seconds, CPU seconds (user + system, all threads and worker processes: the
+  work done, which a loaded machine does not change much), crops written, crops/s, input
+  MB/s (bytes of the input files divided by wall time), ``speedup_vs_naive`` (naive seconds /
+  seconds), ``cpu_over_naive`` and ``same_crops_as_naive`` (the crop array's chunk files are
+  byte-identical to the naive loop's);
 - ``targets``: the issue's targets (>= 1.7x with 2 workers on the large archive, >= 1.0x on
   the mch sample) and whether this run reached them;
 - ``load_average`` before and after (the machine may be shared: compare figures of one run);
@@ -37,6 +39,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -116,7 +119,8 @@ def geogen(
             "sequence": {"context": CONTEXT, "lead": LEAD, "stride": stride},
             "reject": {"max_nan_fraction": MAX_NAN},
             "sampling": {"method": "uniform", "probability": 1.0},
-            "split": {"method": "blocks", "block": "1D", "guard": "0h"},
+            # one split (the naive loop has none): no window dropped by a split boundary
+            "split": {"method": "ranges", "guard": "0h", "ranges": {}},
             "dask": {"threads_per_worker": 1, **dask},
             "progress": False,
         }
@@ -125,6 +129,13 @@ def geogen(
     result = prepare(cfg)
     seconds = time.perf_counter() - tic
     return result.summary["crops_written"], seconds, result.path, result.summary["timings_s"]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def crop_checksum(store: Path) -> str:
@@ -192,16 +203,27 @@ def measure(source_cfg: dict, tmp: Path, stride: int, keep_store: bool = False) 
     files = load_source(source_cfg).listing.paths
     input_mb = sum(os.path.getsize(p) for p in files) / 1e6
     out: dict = {"files": len(files), "input_mb": round(input_mb, 2), "sequence_stride": stride}
+    cpu = cpu_seconds()
     n_naive, t_naive = naive(source_cfg, tmp / "naive.zarr", stride)
+    cpu_naive = cpu_seconds() - cpu
     reference = crop_checksum(tmp / "naive.zarr")
     shutil.rmtree(tmp / "naive.zarr")
-    out["naive"] = {"seconds": t_naive, "crops": n_naive}
+    out["naive"] = {"seconds": t_naive, "cpu_s": round(cpu_naive, 2), "crops": n_naive}
     for key, dask in RUNS.items():
+        cpu = cpu_seconds()
         n, t, store, timings = geogen(source_cfg, tmp / f"{key}.zarr", dask, stride)
+        cpu = cpu_seconds() - cpu
         if n != n_naive:
             raise AssertionError(f"{key} wrote {n} crops, the naive loop {n_naive}")
         same = crop_checksum(store) == reference
-        out[key] = {"seconds": t, "crops": n, "same_crops_as_naive": same, "timings_s": timings}
+        out[key] = {
+            "seconds": t,
+            "cpu_s": round(cpu, 2),
+            "cpu_over_naive": round(cpu / cpu_naive, 2),
+            "crops": n,
+            "same_crops_as_naive": same,
+            "timings_s": timings,
+        }
         if not (keep_store and key == "geogen_1_worker"):
             shutil.rmtree(store)
     for entry in (out["naive"], *(out[k] for k in RUNS)):
