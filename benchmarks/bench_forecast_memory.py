@@ -12,13 +12,15 @@ members per batch:
 
 - ``bounded``: the forecaster as shipped: the conditioning stack runs once per batch and the
   sampler is unrolled over chunks of lead times within ``sampler_memory`` bytes; the whole
-  ``--members`` ensemble is generated;
-- ``peer``: the same forecaster with the generator's plain forward per batch (the context
-  repeated for every member, all leads at once: what it did before), on one batch (its peak
-  is reached in the first batch: later batches reuse the memory);
+  ``--members`` ensemble is generated (``--no-full``: skipped);
+- ``bounded_batch`` and ``peer``: one batch (``--batch-members`` members; the peak is reached
+  in the first batch, later ones reuse the memory) with the forecaster as shipped and with
+  the generator's plain forward (the context repeated for every member, all leads at once:
+  what ``forecast_batch`` did before);
 - for each: wall seconds, seconds per member, the process's peak resident set (VmHWM, each
-  measurement in its own process) and the members forecast; ``peer_over_bounded`` ratios;
-  ``fits_24_gib``.
+  measurement in its own process) and the members forecast; ``peer_over_bounded`` (peer /
+  ``bounded_batch``: the same work); ``fits_24_gib`` (of ``bounded``, or of
+  ``bounded_batch``).
 
 The two give the same members for the same seed (tests/unit/test_forecast_memory.py).
 """
@@ -86,7 +88,7 @@ def worker(args: argparse.Namespace) -> dict:
             return model.generator(inputs.expand(len(members), -1, -1, -1), leads, z=z)
 
         model.forecast_batch = plain_forward
-    members = args.batch_members if args.worker == "peer" else args.members
+    members = args.members if args.worker == "bounded" else args.batch_members
     context = synthetic_rain(CONTEXT, SHAPE, seed=0, velocity=(0.7, 1.3)).astype(np.float32)
     tic = time.perf_counter()
     out = model.predict(context, leads=args.leads, members=members, seed=0, timestep_minutes=5.0)
@@ -107,7 +109,10 @@ def main() -> None:
     parser.add_argument("--batch-members", type=int, default=4)
     parser.add_argument("--width", choices=list(WIDTHS), default="paper")
     parser.add_argument("--no-peer", dest="peer", action="store_false")
-    parser.add_argument("--worker", choices=["bounded", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-full", dest="full", action="store_false", help="one batch only")
+    parser.add_argument(
+        "--worker", choices=["bounded", "bounded_batch", "peer"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -127,7 +132,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "dgmr.ckpt"
         write_checkpoint(ckpt, args.width)
-        for name in ["bounded"] + (["peer"] if args.peer else []):
+        names = (["bounded"] if args.full else []) + ["bounded_batch"]
+        for name in names + (["peer"] if args.peer else []):
             cmd = [sys.executable, __file__, "--worker", name, "--ckpt", str(ckpt)]
             cmd += ["--members", str(args.members), "--leads", str(args.leads)]
             cmd += ["--batch-members", str(args.batch_members)]
@@ -137,14 +143,15 @@ def main() -> None:
                 continue
             report[name] = json.loads(run.stdout.strip().splitlines()[-1])
             print(f"{name}: {report[name]}", file=sys.stderr)
-    bounded, peer = report.get("bounded", {}), report.get("peer", {})
+    batch, peer = report.get("bounded_batch", {}), report.get("peer", {})
+    bounded = report.get("bounded", batch)
     if "peak_rss_bytes" in bounded:
         report["fits_24_gib"] = bounded["peak_rss_bytes"] < 24 * 2**30
-    if "peak_rss_bytes" in bounded and "peak_rss_bytes" in peer:
+    if "peak_rss_bytes" in batch and "peak_rss_bytes" in peer:
         report["peer_over_bounded"] = {
-            "peak_rss": round(peer["peak_rss_bytes"] / bounded["peak_rss_bytes"], 2),
+            "peak_rss": round(peer["peak_rss_bytes"] / batch["peak_rss_bytes"], 2),
             "seconds_per_member": round(
-                peer["seconds_per_member"] / bounded["seconds_per_member"], 2
+                peer["seconds_per_member"] / batch["seconds_per_member"], 2
             ),
         }
     report["load_average_after"] = os.getloadavg()

@@ -48,7 +48,7 @@ def test_chunked_leads_equal_the_generator_forward(checkpoint, memory):
     z = torch.stack([model._latent(7, m, 64, 96) for m in members])
     with torch.inference_mode():
         expected = model.generator(inputs.expand(3, -1, -1, -1), 7, z=z)
-        model.sampler_memory = memory * 40 * 2 * 32 * 48 * 3  # leads per chunk
+        model.sampler_memory = memory * 56 * 2 * 32 * 48 * 3  # leads per chunk
         chunked = model.forecast_batch(inputs, 7, members, seed=7)
     assert chunked.shape == expected.shape == (3, 7, 64, 96)
     assert expected.abs().max() > 0.01 and expected[0].std() > 0
