@@ -18,7 +18,7 @@ Prints one JSON document with, for each model of :data:`ENTRIES`:
 - ``ensemble_s``: the time of one ``--ensemble-members``-member forecast (default 20) of the
   256 x 256 case through the forecaster API, ``predict(context, members=20, leads=18)``
   (median of ``--repeat`` after a warm-up): DGMR and the nowcasting VAEs from a checkpoint of
-  their untrained network (``batch_members`` = all members), pysteps STEPS as configured;
+  their untrained network (the default ``batch_members=4``), pysteps STEPS as configured;
   ``ensemble_s_over_pysteps_steps`` where STEPS ran too (below 1: faster than STEPS);
 - ``peak_memory_bytes`` of training, sampling and the ensemble (each in its own process: CUDA
   ``max_memory_allocated``, on CPU the process's peak resident set, VmHWM).
@@ -102,7 +102,7 @@ def _forecaster(
     """An ``--ensemble-members``-member forecast of the nowcasting input by forecaster ``name``.
 
     The forecaster runs from a checkpoint of ``network`` (untrained), written at the first
-    call (the warm-up of :func:`timed`), with all members in one batch.
+    call (the warm-up of :func:`timed`), with its default ``batch_members``.
     """
     members = args.ensemble_members
     context, _ = nowcast_input()
@@ -126,7 +126,7 @@ def _forecaster(
             }
             meta = {"model": name, "network_config": network_config, "data": data}
             torch.save({"state_dict": state, "geogen": meta}, ckpt)
-            model.append(get_forecaster(name, ckpt=ckpt, device=args.device, batch_members=members))
+            model.append(get_forecaster(name, ckpt=ckpt, device=args.device))
         return model[0].predict(context, leads=LEADS, members=members, seed=0, timestep_minutes=5.0)
 
     return ensemble

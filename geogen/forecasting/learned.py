@@ -374,7 +374,7 @@ class DGMRForecaster(CheckpointForecaster):
         bytes per pixel of the half-resolution grid per member and lead: 160 MB at the
         paper's width on the 640 x 736 padded MeteoSwiss domain, measured). A 20-member,
         18-lead forecast of that domain then peaks at a few GB instead of ~3 GB per member
-        of the batch.
+        of the batch. On CPU, tensors are channels-last (faster convolutions).
         """
         from torch.nn import functional as F
         from torch.nn.utils import parametrize
@@ -382,6 +382,11 @@ class DGMRForecaster(CheckpointForecaster):
         from geogen.nn.layers import depth_to_space
 
         generator, sampler = self.generator, self.generator.sampler
+        if inputs.device.type == "cpu":
+            # oneDNN's CPU convolutions run about twice as fast on channels-last tensors
+            # (measured: the dgmr_tiny ensemble of 256 x 256); values equal to float rounding.
+            generator.to(memory_format=torch.channels_last)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         height, width = inputs.shape[-2:]
         n = len(members)
         z = torch.stack([self._latent(seed, m, height, width) for m in members]).to(self.device)
