@@ -406,8 +406,10 @@ class Reliability(Metric):
         bin_of_k = np.digitize(prob, edges, right=True) - 1
         for lead in range(pair.leads):
             valid = pair.valid[lead]
-            fct = pair.forecast[:, lead][:, valid]
-            obs = pair.observation[lead][valid]
+            fct = pair.forecast[:, lead].reshape(members, -1)
+            obs = pair.observation[lead].reshape(-1)
+            if not valid.all():
+                fct, obs = fct[:, valid.ravel()], obs[valid.ravel()]
             for j, t in enumerate(self.thresholds):
                 count = np.count_nonzero(fct >= t, axis=0)
                 event = obs >= t
@@ -465,7 +467,9 @@ def pairwise_rmse(forecast: np.ndarray) -> np.ndarray:
     forecast = np.asarray(forecast, dtype=np.float64)
     members = forecast.shape[0]
     f = forecast.reshape(members, -1)
-    f = f[:, np.isfinite(f).all(axis=0)]
+    finite = np.isfinite(f).all(axis=0)
+    if not finite.all():
+        f = f[:, finite]
     # einsum, not a BLAS matmul: for (member, pixel) operands, a threaded BLAS on a loaded
     # machine ran this Gram matrix ~1000x slower than einsum's single-threaded loop.
     gram = np.einsum("ik,jk->ij", f, f)
