@@ -15,7 +15,12 @@ Prints one JSON document with, for each model of :data:`ENTRIES`:
 - ``sample_s_per_member``: the time to draw one ensemble member (median of ``--repeat``
   after a warm-up; pysteps STEPS: one ``--steps-members``-member forecast divided by the
   members);
-- ``peak_memory_bytes`` of training and of sampling (each in its own process: CUDA
+- ``ensemble_s``: the time of one ``--ensemble-members``-member forecast (default 20) of the
+  256 x 256 case through the forecaster API, ``predict(context, members=20, leads=18)``
+  (median of ``--repeat`` after a warm-up): DGMR and the nowcasting VAEs from a checkpoint of
+  their untrained network (the default ``batch_members=4``), pysteps STEPS as configured;
+  ``ensemble_s_over_pysteps_steps`` where STEPS ran too (below 1: faster than STEPS);
+- ``peak_memory_bytes`` of training, sampling and the ensemble (each in its own process: CUDA
   ``max_memory_allocated``, on CPU the process's peak resident set, VmHWM).
 
 Every nowcasting model gets the same input: 4 context frames of 256 x 256 synthetic rain
@@ -54,6 +59,7 @@ class Bench:
     module: object | None
     sample: Callable[[], object]
     train_step: Callable[[], object] | None = None
+    ensemble: Callable[[], object] | None = None
 
 
 @dataclass
@@ -88,6 +94,42 @@ def _batch(array: np.ndarray, batch: int, device) -> object:
     import torch
 
     return torch.from_numpy(array)[None].expand(batch, *array.shape).contiguous().to(device)
+
+
+def _forecaster(
+    name: str, network: object, network_config: dict, prefix: str, args: argparse.Namespace
+) -> Callable[[], object]:
+    """An ``--ensemble-members``-member forecast of the nowcasting input by forecaster ``name``.
+
+    The forecaster runs from a checkpoint of ``network`` (untrained), written at the first
+    call (the warm-up of :func:`timed`), with its default ``batch_members``.
+    """
+    members = args.ensemble_members
+    context, _ = nowcast_input()
+    model: list[object] = []
+
+    def ensemble() -> object:
+        if not model:
+            import tempfile
+
+            import torch
+
+            from geogen.forecasting import get_forecaster
+
+            ckpt = os.path.join(tempfile.mkdtemp(prefix="bench_baselines_"), f"{name}.ckpt")
+            state = {f"{prefix}{k}": v for k, v in network.state_dict().items()}
+            data = {
+                "task": "nowcast",
+                "timestep_minutes": 5.0,
+                "context": CONTEXT,
+                "transform": {"name": "identity"},
+            }
+            meta = {"model": name, "network_config": network_config, "data": data}
+            torch.save({"state_dict": state, "geogen": meta}, ckpt)
+            model.append(get_forecaster(name, ckpt=ckpt, device=args.device))
+        return model[0].predict(context, leads=LEADS, members=members, seed=0, timestep_minutes=5.0)
+
+    return ensemble
 
 
 # -- builders ----------------------------------------------------------------------------------
@@ -129,7 +171,15 @@ def _vae(task: str, base_channels: int, latent_channels: int) -> Callable[..., B
             ):
                 return net.point(net.sample(one))
 
-        return Bench(net, sample, train_step)
+        ensemble = None
+        if task == "nowcast":
+            config = {
+                "_target_": "geogen.models.vae.NowcastVAE",
+                "base_channels": base_channels,
+                "latent_channels": latent_channels,
+            }
+            ensemble = _forecaster("vae", net, config, "network.", args)
+        return Bench(net, sample, train_step, ensemble)
 
     return build
 
@@ -178,7 +228,14 @@ def _dgmr(base_channels: int, latent_channels: int, train: bool) -> Callable[...
             ):
                 return gen(one, LEADS)
 
-        return Bench(gen, sample, train_step if train or args.device == "cuda" else None)
+        generator_config = {
+            "_target_": "geogen.models.dgmr.Generator",
+            "base_channels": base_channels,
+            "latent_channels": latent_channels,
+        }
+        config = {"_target_": "geogen.models.dgmr.DGMR", "generator": generator_config}
+        ensemble = _forecaster("dgmr", gen, config, "network.generator.", args)
+        return Bench(gen, sample, train_step if train or args.device == "cuda" else None, ensemble)
 
     return build
 
@@ -238,7 +295,12 @@ def _steps(args: argparse.Namespace, device) -> Bench:
     def sample() -> object:
         return steps.predict(context, leads=LEADS, members=members, seed=0, timestep_minutes=5.0)
 
-    return Bench(None, sample, None)
+    def ensemble() -> object:
+        return steps.predict(
+            context, leads=LEADS, members=args.ensemble_members, seed=0, timestep_minutes=5.0
+        )
+
+    return Bench(None, sample, None, ensemble)
 
 
 #: The rows: name -> task and builder. Widths: ``*_tiny`` as the ``_tiny`` experiments, the
@@ -295,6 +357,12 @@ def worker(args: argparse.Namespace) -> dict:
             return {}
         out["train_step_s"] = round(timed(bench.train_step, device, args.steps), 3)
         out["train_peak_memory_bytes"] = peak_memory_bytes(device)
+    elif args.phase == "ensemble":
+        if bench.ensemble is None:
+            return {}
+        out["ensemble_members"] = args.ensemble_members
+        out["ensemble_s"] = round(timed(bench.ensemble, device, args.repeat), 3)
+        out["ensemble_peak_memory_bytes"] = peak_memory_bytes(device)
     else:
         seconds = timed(bench.sample, device, args.repeat)
         if args.worker == "pysteps_steps":
@@ -322,6 +390,8 @@ def run_worker(name: str, phase: str, args: argparse.Namespace) -> dict:
         str(args.batch),
         "--steps-members",
         str(args.steps_members),
+        "--ensemble-members",
+        str(args.ensemble_members),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -337,9 +407,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed training steps (+1 warm-up)")
     parser.add_argument("--batch", type=int, default=1, help="training batch size")
     parser.add_argument("--steps-members", type=int, default=4, help="STEPS members per run")
+    parser.add_argument("--ensemble-members", type=int, default=20, help="members of ensemble_s")
     parser.add_argument("--no-train", dest="train", action="store_false")
+    parser.add_argument("--no-ensemble", dest="ensemble", action="store_false")
     parser.add_argument("--worker", choices=list(ENTRIES), help=argparse.SUPPRESS)
-    parser.add_argument("--phase", choices=["train", "sample"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["train", "sample", "ensemble"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
@@ -373,9 +445,15 @@ def main() -> None:
         if args.train:
             result.update(run_worker(name, "train", args))
         result.update(run_worker(name, "sample", args))
+        if args.ensemble:
+            result.update(run_worker(name, "ensemble", args))
         report["models"][name] = result
         print(f"{name}: {result}", file=sys.stderr)
     models = report["models"]
+    steps = models.get("pysteps_steps", {}).get("ensemble_s")
+    for name, result in models.items():
+        if steps and result.get("ensemble_s") and name != "pysteps_steps":
+            result["ensemble_s_over_pysteps_steps"] = round(result["ensemble_s"] / steps, 3)
     for name, result in models.items():
         if result["task"] != "nowcast" or name.startswith("dgmr"):
             continue

@@ -103,14 +103,14 @@ class SplitConfig(_Strict):
 
 
 class DaskConfig(_Strict):
-    """Where the work runs: a local cluster (default) or an existing scheduler."""
+    """Where the work runs: a local cluster (default), threads here, or an existing scheduler."""
 
     address: str | None = None
     connect_timeout: str = "30s"
     n_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
-    processes: bool = True
+    processes: bool = False
 
 
 class PartsConfig(_Strict):

@@ -1,28 +1,41 @@
-"""Build a crop store from a source, in resumable stages.
+"""Build a crop store from a source, in resumable stages, reading each frame once.
 
 Stages (as in anemoi-datasets: init, load parts in parallel, finalise):
 
-1. **statistics**: every frame is read once (in parallel, in chunks of ``parts.frames``) and
-   summarised per tile: no-data pixels, rainy pixels, DGMR's saturating rain sum, rain sum.
-2. **plan**: from those numbers alone, decide every sample: complete sequence windows (gaps
-   and unreadable files rejected), crops with too much missing data rejected, the time-block
-   split of each window (with a guard so no test time is near a training time), and the
-   importance-sampling draw of each crop, seeded by the crop's own time and position. The
-   plan fixes the number and order of samples, so the store's arrays are allocated now.
-3. **load**: parts of ``parts.windows`` consecutive windows are read and their crops written
-   straight into their pre-assigned chunks, in parallel.
-4. **finalise**: per-split statistics, summary, provenance; the store is marked complete and
-   renamed from ``OUT.partial`` to ``OUT``.
+1. **init**: from the file times alone, the candidate sequence windows and their splits; the
+   bookkeeping arrays of ``OUT.partial`` (frame statistics, progress marks, and staging
+   arrays for the crops, chunked and compressed as the store's).
+2. **build**, one pass over the archive in time order:
 
-Each task of stages 1 and 3 records completion in ``OUT.partial/_progress`` after its data,
-so a killed run restarted with the same arguments redoes only unfinished tasks and ends with
-exactly the store a clean run gives. ``OUT`` itself only ever appears complete.
+   - **read**: chunks of ``parts.frames`` frames are decoded, in parallel, a few chunks ahead
+     of the plan, and **summarised** per tile: no-data pixels, rainy pixels, DGMR's
+     saturating rain sum, rain sum;
+   - **plan**: from those numbers alone, every sample of the windows whose frames are all
+     summarised: complete windows (gaps and unreadable files rejected), crops with too much
+     missing data rejected, the time-block split (with a guard so no test time is near a
+     training time), the importance-sampling draw of each crop, seeded by its own time and
+     position, and its index (the samples before it). A window's fate depends on its own
+     frames, so planning a prefix of the archive gives the plan of the whole archive
+     (:class:`SamplePlanner`);
+   - **load**: parts of ``parts.windows`` consecutive windows write their crops, from the
+     decoded frames, at their final indices; decoded chunks are dropped once no window left
+     needs them, so memory holds a few chunks, not the archive.
+3. **finalise**: the store's arrays are created with the number of samples, the crops move in
+   from the staging arrays (one rename), then per-split statistics, summary, provenance; the
+   store is marked complete and renamed from ``OUT.partial`` to ``OUT``.
+
+Each read-and-summarise task and each load part records completion in
+``OUT.partial/_progress`` after its data, so a killed run restarted with the same arguments
+redoes only unfinished tasks (frames summarised before are read again only where a part
+still needs them) and ends with exactly the store a clean run gives, byte for byte, whatever
+the number of workers. ``OUT`` itself only ever appears complete.
 """
 
 from __future__ import annotations
 
 import getpass
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -31,6 +44,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +59,7 @@ from data_pipelines.config import PrepareConfig
 from data_pipelines.runner import Runner, open_runner
 from geogen.io.sources import BadFileError, Source, load_source
 from geogen.io.store import (
+    METADATA_ARRAYS,
     SPLITS,
     STORE_VERSION,
     StoreError,
@@ -125,19 +140,16 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             }
         )
 
+    tic = time.perf_counter()
     with open_runner(cfg.dask, progress=cfg.progress) as runner:
+        timings["start"] = time.perf_counter() - tic
         shared = runner.share(source)
         tic = time.perf_counter()
-        frame_stats, bad, errors, tiles = _stage_statistics(cfg, source, shared, partial, runner)
-        timings["statistics"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        samples, counts = _stage_plan(cfg, source, frame_stats, bad, tiles, partial)
-        timings["plan"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        _stage_load(cfg, source, shared, samples, partial, runner)
-        timings["load"] = time.perf_counter() - tic
+        samples, counts, bad, errors, tiles = _stage_build(cfg, source, shared, partial, runner)
+        timings["build"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
+    _stage_commit(cfg, source, samples, partial)
     summary = _summary(cfg, source, samples, counts, bad, errors, tiles)
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     _finalise(cfg, source, partial, out, summary, _statistics(samples), input_fp)
@@ -147,92 +159,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 
 
 # --------------------------------------------------------------------------------------------
-# stage 1: per-frame, per-tile statistics
-# --------------------------------------------------------------------------------------------
-def _stage_statistics(
-    cfg: PrepareConfig, source: Source, shared: Any, partial: Path, runner: Runner
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    tiles = P.tile_origins(source.grid.shape, cfg.crop.size, cfg.crop.stride)
-    n_frames, n_tiles, chunk = len(source.times), len(tiles), cfg.parts.frames
-    n_chunks = -(-n_frames // chunk)
-    group = zarr.open_group(partial, mode="r+")
-    if "_plan" not in group:
-        plan = group.create_group("_plan")
-        plan.create_array(
-            "frame_stats",
-            shape=(n_frames, n_tiles, P.N_STATS),
-            chunks=(chunk, n_tiles, P.N_STATS),
-            dtype="float64",
-            fill_value=np.nan,
-        )
-        plan.create_array(
-            "frame_error", shape=(n_frames,), chunks=(chunk,), dtype=str, fill_value=""
-        )
-        progress = group.require_group("_progress")
-        progress.create_array(
-            "statistics_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False
-        )
-    done = group["_progress/statistics_done"][:]
-    todo = [int(c) for c in np.flatnonzero(~done)]
-    if len(todo) < n_chunks:
-        log.info("statistics: %d of %d chunks already done", n_chunks - len(todo), n_chunks)
-    calls = [
-        (
-            shared,
-            str(partial),
-            c,
-            chunk,
-            tiles,
-            cfg.crop.size,
-            cfg.sampling.rain_threshold,
-            cfg.on_bad_file,
-        )
-        for c in todo
-    ]
-    runner.run(_statistics_task, calls, description="statistics", unit="chunk")
-    errors = np.asarray(group["_plan/frame_error"][:].tolist(), dtype=object)
-    bad = errors != ""
-    # Unreadable frames have NaN statistics; their windows are rejected through `bad`, and
-    # neutral values (zero sums, infinite extremes) keep the other windows' numbers finite.
-    frame_stats = group["_plan/frame_stats"][:]
-    frame_stats[bad] = 0.0
-    frame_stats[bad, :, P.STAT_MIN], frame_stats[bad, :, P.STAT_MAX] = np.inf, -np.inf
-    return frame_stats, bad, [e for e in errors if e], tiles
-
-
-def _statistics_task(
-    source: Source,
-    store: str,
-    chunk_id: int,
-    chunk: int,
-    tiles: np.ndarray,
-    size: int,
-    rain_threshold: float,
-    on_bad_file: str,
-) -> int:
-    lo, hi = chunk_id * chunk, min((chunk_id + 1) * chunk, len(source.times))
-    stats = np.zeros((hi - lo, len(tiles), P.N_STATS))
-    errors = np.full(hi - lo, "", dtype=object)
-    for k, index in enumerate(range(lo, hi)):
-        try:
-            frame = source.read(index)
-        except BadFileError as exc:
-            if on_bad_file == "raise":
-                raise
-            log.warning("skipping unreadable file (on_bad_file=skip): %s", exc)
-            errors[k] = str(exc)
-            stats[k] = np.nan
-            continue
-        stats[k] = P.tile_stats(frame, tiles, size, rain_threshold)
-    group = zarr.open_group(store, mode="r+")
-    group["_plan/frame_stats"][lo:hi] = stats
-    group["_plan/frame_error"][lo:hi] = errors.astype(str)
-    group["_progress/statistics_done"][chunk_id] = True  # after the data: marks it complete
-    return hi - lo
-
-
-# --------------------------------------------------------------------------------------------
-# stage 2: decide every sample
+# planning: every sample, decided from per-frame tile statistics alone
 # --------------------------------------------------------------------------------------------
 def _is_precipitation(source: Source) -> bool:
     name = source.variable_attrs.get("standard_name", "")
@@ -251,92 +178,230 @@ def _sampling_method(cfg: PrepareConfig, source: Source) -> str:
     return method
 
 
+#: Columns of the sample table (:func:`plan_samples`).
+SAMPLE_COLUMNS = (
+    "start",
+    "tile",
+    "y0",
+    "x0",
+    "t0",
+    "split",
+    "sample_prob",
+    "rain_fraction",
+    "nan_fraction",
+    "count",
+    "sum",
+    "sumsq",
+    "min",
+    "max",
+)
+
+
+class SamplePlanner:
+    """The samples of the sequence windows, planned in time order as frames are summarised.
+
+    Everything but a sample's index depends on its window alone: the window's times (gaps,
+    split, guard), its frames' statistics (no-data, importance weight), its files (bad or
+    not) and a hash of its time and position (the sampling draw). The index is the number of
+    samples before it. So the windows whose frames are all summarised can be planned as soon
+    as that prefix of the archive is, and the plan, made in any number of steps, is the one
+    :func:`plan_samples` makes at once: window sums come from one running cumulative sum over
+    frames, extended with the same additions in the same order.
+
+    Parameters
+    ----------
+    cfg, source
+        The build's config and source.
+    tiles
+        ``(n_tiles, 2)`` crop corners.
+    """
+
+    def __init__(self, cfg: PrepareConfig, source: Source, tiles: np.ndarray) -> None:
+        self.cfg, self.source, self.tiles = cfg, source, tiles
+        self.length, self.size = cfg.length, cfg.crop.size
+        windows = P.sequence_windows(
+            source.times, source.timestep, self.length, cfg.sequence.stride
+        )
+        #: Start frame of every gap-free window, in time order.
+        self.starts = windows.starts
+        first = source.times[self.starts]
+        last = source.times[self.starts + self.length - 1]
+        guard = pd.Timedelta(cfg.split.guard)
+        if cfg.split.method == "blocks":
+            self.codes = P.assign_splits_blocks(
+                first,
+                last,
+                block=pd.Timedelta(cfg.split.block),
+                fractions=cfg.split.fractions,
+                guard=guard,
+                seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed,
+            )
+        else:
+            self.codes = P.assign_splits_ranges(first, last, ranges=cfg.split.ranges, guard=guard)
+        self.precip = _is_precipitation(source)
+        self.method = _sampling_method(cfg, source)
+        self.counts: dict[str, Any] = {
+            "sequences_seen": windows.n_candidates,
+            "rejected_gap": windows.n_gap,
+            "rejected_bad_file": 0,
+            "rejected_split_guard": 0,
+            "sequences_complete": 0,
+            "crops_candidate": 0,
+            "rejected_nan": 0,
+            "rejected_sampling": 0,
+            "crops_written": 0,
+        }
+        #: Windows planned so far (``starts[:planned]``), samples planned so far.
+        self.planned = 0
+        self.n_samples = 0
+        n_frames, n_tiles = len(source.times), len(tiles)
+        self._csum = np.zeros((n_frames + 1, n_tiles, P.N_SUMS))
+        self._summed = 0  # frames in the running sum
+
+    @property
+    def max_samples(self) -> int:
+        """An upper bound of the number of samples (every tile of every window)."""
+        return len(self.starts) * len(self.tiles)
+
+    @property
+    def done(self) -> bool:
+        """Whether every window is planned."""
+        return self.planned == len(self.starts)
+
+    @property
+    def next_start(self) -> int | None:
+        """First frame of the first window not planned yet (``None`` when all are)."""
+        return None if self.done else int(self.starts[self.planned])
+
+    def advance(self, frame_stats: np.ndarray, bad: np.ndarray, known: int) -> pd.DataFrame:
+        """Plan the windows whose frames all lie in the first ``known`` frames.
+
+        Parameters
+        ----------
+        frame_stats
+            ``(frame, tile, stat)`` statistics (:func:`data_pipelines.plan.tile_stats`), valid
+            for the first ``known`` frames; unreadable frames hold zero sums and infinite
+            extremes.
+        bad
+            ``(frame,)`` whether a frame is unreadable.
+        known
+            Number of leading frames whose statistics are final.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The new samples (:data:`SAMPLE_COLUMNS`), indexed by sample number.
+        """
+        length, size = self.length, self.size
+        stop = int(np.searchsorted(self.starts, known - length, side="right"))
+        stop = max(stop, self.planned)
+        if known > self._summed:
+            # Extend the running sum with the additions np.cumsum makes over all frames.
+            lo = self._summed
+            rows = frame_stats[lo:known, :, : P.N_SUMS]
+            if lo == 0:
+                self._csum[1 : known + 1] = np.cumsum(rows, axis=0)
+            else:
+                seeded = np.concatenate([self._csum[lo : lo + 1], rows])
+                self._csum[lo + 1 : known + 1] = np.cumsum(seeded, axis=0)[1:]
+            self._summed = known
+        window_index = np.arange(self.planned, stop)
+        self.planned = stop
+        starts = self.starts[window_index]
+        counts = self.counts
+        lo = int(starts[0]) if len(starts) else 0
+        bad_csum = np.r_[0, np.cumsum(bad[lo : lo + int(np.max(starts - lo, initial=0)) + length])]
+        has_bad = bad_csum[starts - lo + length] - bad_csum[starts - lo] > 0
+        counts["rejected_bad_file"] += int(has_bad.sum())
+        starts, codes = starts[~has_bad], self.codes[window_index[~has_bad]]
+        counts["rejected_split_guard"] += int((codes < 0).sum())
+        keep = codes >= 0
+        starts, codes = starts[keep], codes[keep]
+        counts["sequences_complete"] += len(starts)
+        first = self.source.times[starts]
+
+        sums = self._csum[starts + length] - self._csum[starts]
+        windows = np.lib.stride_tricks.sliding_window_view(frame_stats, length, axis=0)[starts]
+        sums = np.concatenate(
+            [
+                sums,
+                windows[..., P.STAT_MIN, :].min(-1)[..., None],
+                windows[..., P.STAT_MAX, :].max(-1)[..., None],
+            ],
+            axis=-1,
+        )
+        n_pixels = float(length * size * size)
+        nan_fraction = sums[..., P.STAT_NAN] / n_pixels
+        n_valid = np.maximum(n_pixels - sums[..., P.STAT_NAN], 1.0)
+        if self.precip:
+            rain_fraction = sums[..., P.STAT_WET] / n_valid
+        else:
+            rain_fraction = np.full(nan_fraction.shape, np.nan)
+        counts["crops_candidate"] += int(nan_fraction.size)
+        ok = nan_fraction <= self.cfg.reject.max_nan_fraction
+        counts["rejected_nan"] += int((~ok).sum())
+        sampling = self.cfg.sampling
+        if self.method == "dgmr":
+            prob = P.dgmr_acceptance(sums[..., P.STAT_SOFT] / n_valid, sampling.q_min, sampling.m)
+        else:
+            prob = np.full(nan_fraction.shape, sampling.probability)
+        start_minutes = (first - pd.Timestamp("1970-01-01")) // pd.Timedelta(minutes=1)
+        tiles = self.tiles
+        u = P.hash_uniform(
+            self.cfg.seed,
+            np.asarray(start_minutes)[:, None],
+            tiles[None, :, 0],
+            tiles[None, :, 1],
+        )
+        accepted = ok & (u < prob)
+        counts["rejected_sampling"] += int((ok & ~accepted).sum())
+        w_idx, t_idx = np.nonzero(accepted)  # row-major: time order, then tile order
+        counts["crops_written"] += len(w_idx)
+        samples = pd.DataFrame(
+            {
+                "start": starts[w_idx],
+                "tile": t_idx,
+                "y0": tiles[t_idx, 0],
+                "x0": tiles[t_idx, 1],
+                "t0": self.source.times[starts[w_idx]],
+                "split": codes[w_idx],
+                "sample_prob": prob[w_idx, t_idx],
+                "rain_fraction": rain_fraction[w_idx, t_idx],
+                "nan_fraction": nan_fraction[w_idx, t_idx],
+                # Sums and extremes of the crop's values (for the store's statistics).
+                "count": n_pixels - sums[w_idx, t_idx, P.STAT_NAN],
+                "sum": sums[w_idx, t_idx, P.STAT_SUM],
+                "sumsq": sums[w_idx, t_idx, P.STAT_SQ],
+                "min": sums[w_idx, t_idx, P.STAT_MIN],
+                "max": sums[w_idx, t_idx, P.STAT_MAX],
+            },
+            index=pd.RangeIndex(self.n_samples, self.n_samples + len(w_idx)),
+        )
+        self.n_samples += len(w_idx)
+        return samples
+
+    def summary_counts(self) -> dict[str, Any]:
+        """Rejection counts and the sampling method (complete once :attr:`done`)."""
+        return {**self.counts, "sampling_method": self.method}
+
+
+def neutralise_bad_frames(frame_stats: np.ndarray, bad: np.ndarray) -> None:
+    """Unreadable frames: zero sums and infinite extremes, in place.
+
+    Their windows are rejected through ``bad``; neutral values keep the other windows'
+    numbers finite.
+    """
+    frame_stats[bad] = 0.0
+    frame_stats[bad, :, P.STAT_MIN], frame_stats[bad, :, P.STAT_MAX] = np.inf, -np.inf
+
+
 def plan_samples(
     cfg: PrepareConfig, source: Source, frame_stats: np.ndarray, bad: np.ndarray, tiles: np.ndarray
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every sample of the store, in order, and the rejection counts (pure; no I/O)."""
-    length, size = cfg.length, cfg.crop.size
-    windows = P.sequence_windows(source.times, source.timestep, length, cfg.sequence.stride)
-    counts: dict[str, int] = {
-        "sequences_seen": windows.n_candidates,
-        "rejected_gap": windows.n_gap,
-    }
-    starts = windows.starts
-    bad_csum = np.r_[0, np.cumsum(bad.astype(np.int64))]
-    has_bad = bad_csum[starts + length] - bad_csum[starts] > 0
-    counts["rejected_bad_file"] = int(has_bad.sum())
-    starts = starts[~has_bad]
-
-    first = source.times[starts]
-    last = source.times[starts + length - 1]
-    guard = pd.Timedelta(cfg.split.guard)
-    if cfg.split.method == "blocks":
-        codes = P.assign_splits_blocks(
-            first,
-            last,
-            block=pd.Timedelta(cfg.split.block),
-            fractions=cfg.split.fractions,
-            guard=guard,
-            seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed,
-        )
-    else:
-        codes = P.assign_splits_ranges(first, last, ranges=cfg.split.ranges, guard=guard)
-    counts["rejected_split_guard"] = int((codes < 0).sum())
-    keep = codes >= 0
-    starts, codes = starts[keep], codes[keep]
-    counts["sequences_complete"] = len(starts)
-
-    sums = P.window_sums(frame_stats, starts, length)  # (windows, tiles, stats)
-    n_pixels = float(length * size * size)
-    nan_fraction = sums[..., P.STAT_NAN] / n_pixels
-    n_valid = np.maximum(n_pixels - sums[..., P.STAT_NAN], 1.0)
-    precip = _is_precipitation(source)
-    rain_fraction = (
-        sums[..., P.STAT_WET] / n_valid if precip else np.full(nan_fraction.shape, np.nan)
-    )
-    counts["crops_candidate"] = int(nan_fraction.size)
-    ok = nan_fraction <= cfg.reject.max_nan_fraction
-    counts["rejected_nan"] = int((~ok).sum())
-
-    method = _sampling_method(cfg, source)
-    if method == "dgmr":
-        prob = P.dgmr_acceptance(
-            sums[..., P.STAT_SOFT] / n_valid, cfg.sampling.q_min, cfg.sampling.m
-        )
-    else:
-        prob = np.full(nan_fraction.shape, cfg.sampling.probability)
-    start_minutes = (first[keep] - pd.Timestamp("1970-01-01")) // pd.Timedelta(minutes=1)
-    u = P.hash_uniform(
-        cfg.seed,
-        np.asarray(start_minutes)[:, None],
-        tiles[None, :, 0],
-        tiles[None, :, 1],
-    )
-    accepted = ok & (u < prob)
-    counts["rejected_sampling"] = int((ok & ~accepted).sum())
-    w_idx, t_idx = np.nonzero(accepted)  # row-major: time order, then tile order
-    counts["crops_written"] = len(w_idx)
-    samples = pd.DataFrame(
-        {
-            "start": starts[w_idx],
-            "tile": t_idx,
-            "y0": tiles[t_idx, 0],
-            "x0": tiles[t_idx, 1],
-            "t0": source.times[starts[w_idx]],
-            "split": codes[w_idx],
-            "sample_prob": prob[w_idx, t_idx],
-            "rain_fraction": rain_fraction[w_idx, t_idx],
-            "nan_fraction": nan_fraction[w_idx, t_idx],
-            # Sums and extremes of the crop's values (for the store's statistics).
-            "count": n_pixels - sums[w_idx, t_idx, P.STAT_NAN],
-            "sum": sums[w_idx, t_idx, P.STAT_SUM],
-            "sumsq": sums[w_idx, t_idx, P.STAT_SQ],
-            "min": sums[w_idx, t_idx, P.STAT_MIN],
-            "max": sums[w_idx, t_idx, P.STAT_MAX],
-        }
-    )
-    counts["sampling_method"] = method  # type: ignore[assignment]
-    return samples, counts
+    planner = SamplePlanner(cfg, source, tiles)
+    samples = planner.advance(frame_stats, bad, len(source.times))
+    return samples, planner.summary_counts()
 
 
 def _time_offsets(cfg: PrepareConfig, source: Source) -> np.ndarray:
@@ -347,110 +412,124 @@ def _time_offsets(cfg: PrepareConfig, source: Source) -> np.ndarray:
     return np.round(k * step).astype(np.int32)
 
 
-def _parts(samples: pd.DataFrame, max_samples: int, max_windows: int) -> np.ndarray:
-    """Part id of each sample: consecutive windows, about ``max_samples`` crops per part.
+@dataclass
+class Part:
+    """Consecutive windows whose crops one load task writes (samples ``first_sample`` on)."""
+
+    index: int
+    first_sample: int
+    starts: list[int] = field(default_factory=list)
+    corners: list[tuple[int, int]] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)
+
+    @property
+    def n_samples(self) -> int:
+        """Crops of the part."""
+        return len(self.starts)
+
+
+class PartBuilder:
+    """Cut the stream of planned windows into parts (the units of parallel work and resume).
 
     A window's crops stay in one part (they share frames); a part closes once it holds
     ``max_samples`` crops or ``max_windows`` windows. The partition depends on the plan alone
-    (never on the number of workers), so a resumed run finds the same parts.
+    (never on the number of workers or the order tasks finish), so a resumed run finds the
+    same parts.
     """
-    starts = samples["start"].to_numpy()
-    unique, per_window = np.unique(starts, return_counts=True)
-    window_part = np.empty(len(unique), dtype=np.int64)
-    part = n_samples = n_windows = 0
-    for w, count in enumerate(per_window):
-        if n_windows and (n_samples >= max_samples or n_windows >= max_windows):
-            part, n_samples, n_windows = part + 1, 0, 0
-        window_part[w] = part
-        n_samples += count
-        n_windows += 1
-    return window_part[np.searchsorted(unique, starts)]
+
+    def __init__(self, max_samples: int, max_windows: int) -> None:
+        self.max_samples, self.max_windows = max_samples, max_windows
+        self.open: Part | None = None
+        self.n_parts = 0
+
+    def add(self, samples: pd.DataFrame) -> list[Part]:
+        """Add planned samples (whole windows, in order); return the parts that closed."""
+        closed: list[Part] = []
+        starts = samples["start"].to_numpy()
+        if not len(starts):
+            return closed
+        corners = samples[["y0", "x0"]].to_numpy()
+        first_index = int(samples.index[0])
+        bounds = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1], True])
+        for a, b in itertools.pairwise(bounds):
+            if self.open is None:
+                self.open = Part(self.n_parts, first_index + int(a))
+                self.n_parts += 1
+            part = self.open
+            part.windows.append(int(starts[a]))
+            part.starts.extend(int(s) for s in starts[a:b])
+            part.corners.extend((int(y), int(x)) for y, x in corners[a:b])
+            if part.n_samples >= self.max_samples or len(part.windows) >= self.max_windows:
+                closed.append(part)
+                self.open = None
+        return closed
+
+    def flush(self) -> list[Part]:
+        """The last part, once every window is planned."""
+        part, self.open = self.open, None
+        return [part] if part is not None else []
 
 
-def _stage_plan(
-    cfg: PrepareConfig,
-    source: Source,
-    frame_stats: np.ndarray,
-    bad: np.ndarray,
+def _parts(samples: pd.DataFrame, max_samples: int, max_windows: int) -> np.ndarray:
+    """Part id of each sample (the partition :class:`PartBuilder` makes)."""
+    builder = PartBuilder(max_samples, max_windows)
+    out = np.empty(len(samples), dtype=np.int64)
+    for part in [*builder.add(samples), *builder.flush()]:
+        out[part.first_sample : part.first_sample + part.n_samples] = part.index
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the build: read and summarise frames, plan, write crops (one pass over the archive)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FrameChunk:
+    """Frames ``lo .. lo + len(frames)`` of a source, decoded once for the whole build.
+
+    ``frames`` is ``(n, y, x)`` float32 (NaN for unreadable frames, whose ``errors`` entry
+    says why).
+    """
+
+    lo: int
+    frames: np.ndarray
+    errors: list[str]
+
+
+def _read_task(source: Source, lo: int, hi: int, on_bad_file: str) -> FrameChunk:
+    frames = np.empty((hi - lo, *source.grid.shape), dtype=np.float32)
+    errors = [""] * (hi - lo)
+    for k, index in enumerate(range(lo, hi)):
+        try:
+            frames[k] = source.read(index)
+        except BadFileError as exc:
+            if on_bad_file == "raise":
+                raise
+            log.warning("skipping unreadable file (on_bad_file=skip): %s", exc)
+            errors[k] = str(exc)
+            frames[k] = np.nan
+    return FrameChunk(lo, frames, errors)
+
+
+def _statistics_task(
+    store: str,
+    chunk_id: int,
+    chunk: FrameChunk,
     tiles: np.ndarray,
-    partial: Path,
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    samples, counts = plan_samples(cfg, source, frame_stats, bad, tiles)
-    samples["part"] = _parts(samples, cfg.parts.samples, cfg.parts.windows)
-    group = zarr.open_group(partial, mode="r+")
-    n = len(samples)
-    if group.attrs.get("planned_samples") is not None:
-        if group.attrs["planned_samples"] != n:  # pragma: no cover - guarded by fingerprints
-            raise StoreError(
-                f"{partial}: the plan changed on resume ({n} samples, was "
-                f"{group.attrs['planned_samples']}); rerun with overwrite=true"
-            )
-        return samples, counts
-    create_crop_arrays(
-        group,
-        n_samples=n,
-        n_times=cfg.length,
-        crop_size=cfg.crop.size,
-        variable=source.variable,
-        variable_attrs=source.variable_attrs,
-        time_offsets_minutes=_time_offsets(cfg, source),
-        factor=cfg.task.factor if cfg.task.name == "downscale" else None,
-    )
-    if n:
-        group["t0"][:] = samples["t0"].to_numpy().astype("datetime64[s]")
-        group["source"][:] = np.full(n, source.name)
-        group["y0"][:] = samples["y0"].to_numpy(np.int32)
-        group["x0"][:] = samples["x0"].to_numpy(np.int32)
-        group["rain_fraction"][:] = samples["rain_fraction"].to_numpy(np.float32)
-        group["nan_fraction"][:] = samples["nan_fraction"].to_numpy(np.float32)
-        group["sample_prob"][:] = samples["sample_prob"].to_numpy(np.float32)
-        group["split"][:] = np.asarray(SPLITS)[samples["split"].to_numpy()]
-    n_parts = int(samples["part"].max()) + 1 if n else 0
-    progress = group.require_group("_progress")
-    progress.create_array(
-        "load_done", shape=(max(n_parts, 1),), chunks=(1,), dtype=bool, fill_value=False
-    )
-    group.attrs["planned_samples"] = n
-    return samples, counts
-
-
-# --------------------------------------------------------------------------------------------
-# stage 3: write the crops
-# --------------------------------------------------------------------------------------------
-def _stage_load(
-    cfg: PrepareConfig,
-    source: Source,
-    shared: Any,
-    samples: pd.DataFrame,
-    partial: Path,
-    runner: Runner,
-) -> None:
-    if samples.empty:
-        return
-    group = zarr.open_group(partial, mode="r+")
-    done = group["_progress/load_done"][:]
-    n_parts = int(samples["part"].max()) + 1
-    todo = np.flatnonzero(~done[:n_parts])
-    if len(todo) < n_parts:
-        log.info("load: %d of %d parts already written", n_parts - len(todo), n_parts)
-    by_part = dict(tuple(samples.groupby("part", sort=True)))
-    factor = cfg.task.factor if cfg.task.name == "downscale" else None
-    calls = [
-        (
-            shared,
-            str(partial),
-            int(p),
-            source.variable,
-            int(by_part[p].index[0]),
-            by_part[p]["start"].to_numpy(),
-            by_part[p][["y0", "x0"]].to_numpy(),
-            cfg.length,
-            cfg.crop.size,
-            factor,
-        )
-        for p in todo
-    ]
-    runner.run(_load_task, calls, description="crops", unit="part")
+    size: int,
+    rain_threshold: float,
+) -> tuple[np.ndarray, list[str]]:
+    lo, hi = chunk.lo, chunk.lo + len(chunk.frames)
+    stats = np.zeros((hi - lo, len(tiles), P.N_STATS))
+    for k, error in enumerate(chunk.errors):
+        if error:
+            stats[k] = np.nan
+        else:
+            stats[k] = P.tile_stats(chunk.frames[k], tiles, size, rain_threshold)
+    group = zarr.open_group(store, mode="r+")
+    group["_plan/frame_stats"][lo:hi] = stats
+    group["_plan/frame_error"][lo:hi] = np.asarray(chunk.errors, dtype=object).astype(str)
+    group["_progress/statistics_done"][chunk_id] = True  # after the data: marks it complete
+    return stats, list(chunk.errors)
 
 
 def _load_task(
@@ -464,24 +543,296 @@ def _load_task(
     length: int,
     size: int,
     factor: int | None,
+    *chunks: FrameChunk | None,
 ) -> int:
-    # Only the frames the part's windows use: an unreadable frame between two kept windows
-    # (on_bad_file=skip) is never read.
+    # The frames come from the chunks the build decoded; those it did not (decoded by an
+    # earlier, interrupted run) are read again, only those the part's windows use (an
+    # unreadable frame between two kept windows, on_bad_file=skip, is never read).
+    frame: dict[int, np.ndarray] = {}
+    for chunk in chunks:
+        if chunk is not None:
+            frame.update(enumerate(chunk.frames, start=chunk.lo))
     needed = np.unique(starts[:, None] + np.arange(length))
-    frames = source.read_many(needed)
-    position = {int(f): k for k, f in enumerate(needed)}
+    missing = [int(i) for i in needed if int(i) not in frame]
+    if missing:
+        frame.update(zip(missing, source.read_many(missing), strict=True))
     crops = np.empty((len(starts), length, size, size), dtype=np.float32)
     for k, (start, (y0, x0)) in enumerate(zip(starts, corners, strict=True)):
-        first = position[int(start)]  # the window's frames are consecutive in `needed`
-        crops[k] = frames[first : first + length, y0 : y0 + size, x0 : x0 + size]
+        for t in range(length):
+            crops[k, t] = frame[int(start) + t][y0 : y0 + size, x0 : x0 + size]
     # A part's samples are consecutive in the store: one write, chunks encoded concurrently.
+    # They go to the build's staging arrays (the store's final arrays are created once the
+    # number of samples is known) at their final sample indices.
     group = zarr.open_group(store, mode="r+")
     block = slice(first_sample, first_sample + len(starts))
-    group[variable][block] = crops
+    group[f"{STAGING}/{variable}"][block] = crops
     if factor:
-        group[f"{variable}_lowres"][block] = block_mean(crops, factor)
+        group[f"{STAGING}/{variable}_lowres"][block] = block_mean(crops, factor)
     group["_progress/load_done"][part] = True  # after the crops: marks the part complete
     return len(starts)
+
+
+#: Group of the partial store holding the crops until the number of samples is known.
+STAGING = "_staging"
+
+
+def _init_build(
+    cfg: PrepareConfig, source: Source, planner: SamplePlanner, partial: Path, n_tiles: int
+) -> None:
+    """The build's bookkeeping arrays: frame statistics, progress marks, staging arrays."""
+    group = zarr.open_group(partial, mode="r+")
+    if "_progress" in group:  # created last: a resumed build has all of them
+        return
+    for name in ("_plan", STAGING):
+        if name in group:
+            del group[name]
+    n_frames, chunk = len(source.times), cfg.parts.frames
+    plan = group.create_group("_plan")
+    plan.create_array(
+        "frame_stats",
+        shape=(n_frames, n_tiles, P.N_STATS),
+        chunks=(chunk, n_tiles, P.N_STATS),
+        dtype="float64",
+        fill_value=np.nan,
+    )
+    plan.create_array("frame_error", shape=(n_frames,), chunks=(chunk,), dtype=str, fill_value="")
+    create_crop_arrays(
+        group.create_group(STAGING),
+        n_samples=max(planner.max_samples, 1),
+        n_times=cfg.length,
+        crop_size=cfg.crop.size,
+        variable=source.variable,
+        variable_attrs=source.variable_attrs,
+        time_offsets_minutes=_time_offsets(cfg, source),
+        factor=cfg.task.factor if cfg.task.name == "downscale" else None,
+    )
+    progress = group.create_group("_progress")
+    progress.create_array(
+        "statistics_done",
+        shape=(max(-(-n_frames // chunk), 1),),
+        chunks=(1,),
+        dtype=bool,
+        fill_value=False,
+    )
+    progress.create_array(
+        # at most one part per window
+        "load_done",
+        shape=(max(len(planner.starts), 1),),
+        chunks=(1,),
+        dtype=bool,
+        fill_value=False,
+    )
+
+
+def _stage_build(
+    cfg: PrepareConfig, source: Source, shared: Any, partial: Path, runner: Runner
+) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray, list[str], np.ndarray]:
+    """Read every frame once; plan windows and write their crops as their frames are known.
+
+    Chunks of ``parts.frames`` frames are read (decoded) and summarised per tile in parallel,
+    a few chunks ahead of the plan; the plan advances over the windows whose frames are all
+    summarised; each closed part of windows is written from the decoded chunks it needs,
+    which are released once no later window needs them (memory holds the frames of the
+    open part and the chunks ahead, not the archive).
+    """
+    tiles = P.tile_origins(source.grid.shape, cfg.crop.size, cfg.crop.stride)
+    planner = SamplePlanner(cfg, source, tiles)
+    _init_build(cfg, source, planner, partial, len(tiles))
+    n_frames, chunk, length = len(source.times), cfg.parts.frames, cfg.length
+    n_chunks = -(-n_frames // chunk)
+    group = zarr.open_group(partial, mode="r+")
+    stats_done = group["_progress/statistics_done"][:n_chunks]
+    load_done = group["_progress/load_done"][:]
+    frame_stats = np.full((n_frames, len(tiles), P.N_STATS), np.nan)
+    errors = np.full(n_frames, "", dtype=object)
+    if stats_done.any():
+        log.info("statistics: %d of %d chunks already done", int(stats_done.sum()), n_chunks)
+        stored = group["_plan/frame_stats"][:]
+        stored_errors = np.asarray(group["_plan/frame_error"][:].tolist(), dtype=object)
+        for c in np.flatnonzero(stats_done):
+            rows = slice(c * chunk, min((c + 1) * chunk, n_frames))
+            frame_stats[rows], errors[rows] = stored[rows], stored_errors[rows]
+    if load_done.any():
+        log.info("load: %d parts already written", int(load_done.sum()))
+    bad = errors != ""
+    neutralise_bad_frames(frame_stats, bad)
+    known_chunks = stats_done.copy()
+    factor = cfg.task.factor if cfg.task.name == "downscale" else None
+    builder = PartBuilder(cfg.parts.samples, cfg.parts.windows)
+    # Chunks read ahead of the plan: enough for a window, and work for every worker.
+    ahead = -(-length // chunk) + 1 + 2 * runner.n_workers
+    frames_of: dict[int, Any] = {}  # chunk -> future of its FrameChunk, while needed
+    statistics: dict[Any, int] = {}  # pending statistics task -> chunk
+    loads: dict[Any, Part] = {}  # pending load task -> part
+    open_chunks: set[int] = set()  # chunks the open part's windows need
+    pieces: list[pd.DataFrame] = []
+    next_read = prefix = 0
+    bars = _Bars(cfg.progress, n_frames)
+
+    def chunks_of(starts: Iterable[int]) -> set[int]:
+        return {c for s in starts for c in range(s // chunk, (s + length - 1) // chunk + 1)}
+
+    def submit_load(part: Part) -> None:
+        bars.planned(part.n_samples)
+        if load_done[part.index]:
+            bars.written(part.n_samples)
+            return
+        needed = sorted(chunks_of(part.windows))
+        future = runner.submit(
+            _load_task,
+            shared,
+            str(partial),
+            part.index,
+            source.variable,
+            part.first_sample,
+            np.asarray(part.starts),
+            np.asarray(part.corners),
+            length,
+            cfg.crop.size,
+            factor,
+            *(frames_of.get(c) for c in needed),
+        )
+        loads[future] = part
+
+    try:
+        while True:
+            # 1. read and summarise chunks ahead of the plan
+            next_start = planner.next_start
+            horizon = n_chunks if next_start is None else next_start // chunk + ahead
+            while next_read < min(horizon, n_chunks):
+                c = next_read
+                next_read += 1
+                if known_chunks[c]:
+                    continue
+                lo, hi = c * chunk, min((c + 1) * chunk, n_frames)
+                frames_of[c] = runner.submit(_read_task, shared, lo, hi, cfg.on_bad_file)
+                future = runner.submit(
+                    _statistics_task,
+                    str(partial),
+                    c,
+                    frames_of[c],
+                    tiles,
+                    cfg.crop.size,
+                    cfg.sampling.rain_threshold,
+                )
+                statistics[future] = c
+            # 2. plan the windows whose frames are summarised; write the parts that closed
+            while prefix < n_chunks and known_chunks[prefix]:
+                prefix += 1
+            samples = planner.advance(frame_stats, bad, min(prefix * chunk, n_frames))
+            if len(samples):
+                pieces.append(samples)
+            closed = builder.add(samples)
+            if planner.done and prefix == n_chunks:
+                closed += builder.flush()
+            for part in closed:
+                submit_load(part)
+            open_chunks = chunks_of(builder.open.windows) if builder.open else set()
+            # 3. release the chunks no window left to write needs
+            next_start = planner.next_start
+            first_needed = n_chunks if next_start is None else next_start // chunk
+            for c in [c for c in frames_of if c < first_needed and c not in open_chunks]:
+                del frames_of[c]  # tasks given the chunk keep it until they are done
+            if not statistics and not loads:
+                if planner.done and prefix == n_chunks and builder.open is None:
+                    break
+                continue  # the plan moved on: read the next chunks
+            # 4. wait for a task
+            for future in runner.wait([*statistics, *loads]):
+                if future in statistics:
+                    c = statistics.pop(future)
+                    stats, chunk_errors = future.result()
+                    rows = slice(c * chunk, c * chunk + len(chunk_errors))
+                    frame_stats[rows], errors[rows] = stats, chunk_errors
+                    bad[rows] = errors[rows] != ""
+                    neutralise_bad_frames(frame_stats[rows], bad[rows])
+                    known_chunks[c] = True
+                    bars.read(len(chunk_errors))
+                else:
+                    part = loads.pop(future)
+                    future.result()
+                    bars.written(part.n_samples)
+    except BaseException:
+        runner.cancel([*statistics, *loads])
+        raise
+    finally:
+        bars.close()
+    samples = pd.concat(pieces) if pieces else planner.advance(frame_stats, bad, n_frames)
+    return samples, planner.summary_counts(), bad, [e for e in errors if e], tiles
+
+
+class _Bars:
+    """Progress bars of the build: frames read and summarised, crops written (of planned)."""
+
+    def __init__(self, enabled: bool, n_frames: int) -> None:
+        from tqdm.auto import tqdm
+
+        def bar(desc: str, unit: str, total: int | None) -> Any:
+            return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+        self.frames = bar("frames", "frame", n_frames)
+        self.crops = bar("crops", "crop", 0)
+
+    def read(self, n: int) -> None:
+        self.frames.update(n)
+
+    def planned(self, n: int) -> None:
+        self.crops.total += n
+        self.crops.refresh()
+
+    def written(self, n: int) -> None:
+        self.crops.update(n)
+
+    def close(self) -> None:
+        self.frames.close()
+        self.crops.close()
+
+
+def _stage_commit(cfg: PrepareConfig, source: Source, samples: pd.DataFrame, partial: Path) -> None:
+    """The store's arrays, now that the number of samples is known; the crops moved in.
+
+    The crops were written at their final sample indices into staging arrays with the same
+    chunks and codecs: their chunk files are the final ones, and move in with one rename.
+    """
+    group = zarr.open_group(partial, mode="r+")
+    n = len(samples)
+    variable = source.variable
+    factor = cfg.task.factor if cfg.task.name == "downscale" else None
+    heavy = [variable] + ([f"{variable}_lowres"] if factor else [])
+    if group.attrs.get("planned_samples") is None:
+        # No crop has moved in yet: (re)create the arrays from scratch.
+        for name in [*heavy, "time", *METADATA_ARRAYS]:
+            if name in group:
+                del group[name]
+        create_crop_arrays(
+            group,
+            n_samples=n,
+            n_times=cfg.length,
+            crop_size=cfg.crop.size,
+            variable=variable,
+            variable_attrs=source.variable_attrs,
+            time_offsets_minutes=_time_offsets(cfg, source),
+            factor=factor,
+        )
+        if n:
+            group["t0"][:] = samples["t0"].to_numpy().astype("datetime64[s]")
+            group["source"][:] = np.full(n, source.name)
+            group["y0"][:] = samples["y0"].to_numpy(np.int32)
+            group["x0"][:] = samples["x0"].to_numpy(np.int32)
+            group["rain_fraction"][:] = samples["rain_fraction"].to_numpy(np.float32)
+            group["nan_fraction"][:] = samples["nan_fraction"].to_numpy(np.float32)
+            group["sample_prob"][:] = samples["sample_prob"].to_numpy(np.float32)
+            group["split"][:] = np.asarray(SPLITS)[samples["split"].to_numpy()]
+        group.attrs["planned_samples"] = n
+    for name in heavy:
+        staged, final = group[f"{STAGING}/{name}"], group[name]
+        key = final.metadata.encode_chunk_key((0,) * final.ndim)
+        if key != staged.metadata.encode_chunk_key((0,) * staged.ndim) or "/" not in key:
+            raise StoreError(f"{partial}: unexpected chunk key layout {key!r}")  # pragma: no cover
+        prefix = key.split("/")[0]
+        src, dst = partial / STAGING / name / prefix, partial / name / prefix
+        if src.exists():
+            os.replace(src, dst)  # one rename: all crops or none
 
 
 def block_mean(field: np.ndarray, factor: int) -> np.ndarray:
@@ -603,7 +954,7 @@ def _finalise(
             "title": f"geogen {cfg.task.name} crops from {source.name}",
         }
     )
-    for name in ("_progress", "_plan"):
+    for name in ("_progress", "_plan", STAGING):
         if name in group:
             del group[name]
     group.attrs.pop("planned_samples", None)

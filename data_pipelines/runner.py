@@ -1,10 +1,20 @@
-"""Where pipeline tasks run: a Dask cluster (local by default, or any scheduler address).
+"""Where pipeline tasks run: this process (threads), a local Dask cluster, or any scheduler.
 
-:func:`open_runner` yields a :class:`Runner` with a :class:`concurrent.futures.Executor`
-interface. With ``dask.address`` unset a :class:`distributed.LocalCluster` of worker processes
-is started (and stopped afterwards); with ``dask.address=tcp://HOST:PORT`` an existing cluster
-is used (its workers must see the input archive and the output path). ``dask.address=inline``
-runs tasks in this process, one at a time (tests, debugging).
+:func:`open_runner` yields a :class:`Runner` that submits tasks, passes the results of earlier
+tasks to later ones, and waits for whichever finishes first:
+
+- ``dask.address=tcp://HOST:PORT``: an existing Dask cluster (its workers must see the input
+  archive and the output path); results stay on the workers and move only where needed;
+- no address and ``dask.processes=false`` (the default) or ``dask.n_workers=1``: a thread
+  pool in this process (``n_workers x threads_per_worker`` threads), no cluster to start.
+  Decoding (PIL), the numpy statistics and the zarr codecs release the GIL, so threads scale
+  on one machine, and decoded frames are shared without copies;
+- no address, ``dask.n_workers > 1`` and ``dask.processes=true``: a
+  :class:`distributed.LocalCluster` of worker processes, started (about 2 s: each worker
+  imports pysteps) and stopped here; for readers that hold the GIL or a lock (the HDF5 and
+  netCDF importers share one);
+- ``dask.address=inline``: every task runs at submission, in this process, one at a time
+  (tests, debugging).
 """
 
 from __future__ import annotations
@@ -12,11 +22,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import queue
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import dask
-from tqdm.auto import tqdm
 
 from data_pipelines.config import DaskConfig
 
@@ -26,64 +36,90 @@ INLINE = "inline"
 
 
 class Runner:
-    """Submit tasks, share large read-only objects with workers, and wait with a progress bar."""
+    """Submit tasks (their arguments may be earlier tasks' futures), share read-only objects.
 
-    def __init__(self, executor: cf.Executor, client: Any | None = None, progress: bool = True):
+    Parameters
+    ----------
+    executor
+        Runs tasks in this process (threads or inline); ``None`` with a Dask ``client``.
+    client
+        A :class:`distributed.Client`; tasks then run on its cluster.
+    progress
+        Whether stages show progress bars.
+    workers
+        Number of tasks that run at the same time.
+    """
+
+    def __init__(
+        self,
+        executor: cf.Executor | None,
+        client: Any | None = None,
+        progress: bool = True,
+        workers: int = 1,
+    ):
         self.executor = executor
         self.client = client
         self.progress = progress
+        self._workers = workers
+        self._finished: queue.SimpleQueue[None] = queue.SimpleQueue()
 
     @property
     def n_workers(self) -> int:
-        """Number of workers (1 when inline)."""
+        """Number of tasks that run at the same time (threads, or workers of the cluster)."""
         if self.client is None:
-            return 1
-        return len(self.client.scheduler_info().get("workers", {})) or 1
+            return self._workers
+        info = self.client.scheduler_info().get("workers", {})
+        return sum(int(w.get("nthreads", 1)) for w in info.values()) or 1
 
     def share(self, obj: Any) -> Any:
-        """Send ``obj`` to every worker once; pass the result to :meth:`run` instead of ``obj``."""
+        """Send ``obj`` to every worker once; pass the result to tasks instead of ``obj``."""
         if self.client is None:
             return obj
         return self.client.scatter(obj, broadcast=True, hash=False)
 
-    def run(
-        self,
-        func: Callable[..., Any],
-        calls: Sequence[tuple[Any, ...]],
-        *,
-        description: str,
-        unit: str = "task",
-        on_result: Callable[[Any], None] | None = None,
-    ) -> None:
-        """Run ``func(*args)`` for every ``args`` in ``calls``; stop at the first error.
+    def submit(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` with the results of the futures among ``args``.
 
-        ``on_result`` is called in this process with each result as tasks finish. On error the
-        pending tasks are cancelled and the task's own exception is raised (so a bad input file
-        is reported by name, not as a Dask traceback).
+        Arguments that are futures of this runner are replaced by their results (on a
+        cluster, where the task runs: large results are not gathered here). They must have
+        been submitted before (they always are when the caller only has them from earlier
+        calls), so a thread waiting on one never waits for a task queued behind it.
         """
-        if not calls:
-            return
-        futures = [self.executor.submit(func, *args) for args in calls]
-        bar = tqdm(
-            total=len(futures),
-            desc=description,
-            unit=unit,
-            disable=not self.progress,
-            dynamic_ncols=True,
-            leave=True,
-        )
-        try:
-            for future in cf.as_completed(futures):
-                result = future.result()
-                if on_result is not None:
-                    on_result(result)
-                bar.update(1)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        finally:
-            bar.close()
+        if self.client is not None:
+            future = self.client.submit(func, *args, pure=False)
+        else:
+            future = self.executor.submit(_call_with_results, func, args)
+        future.add_done_callback(self._wake)
+        return future
+
+    def _wake(self, _future: Any) -> None:
+        self._finished.put(None)  # a token, not the future: results are not kept alive
+
+    def wait(self, futures: Iterable[Any]) -> set[Any]:
+        """Wait until at least one of ``futures`` (submitted here) is done; return the done ones.
+
+        Woken by the futures' own completion callbacks (``distributed.wait`` would use the
+        process's default client, not necessarily this runner's).
+        """
+        futures = list(futures)
+        while True:
+            done = {f for f in futures if f.done()}
+            if done or not futures:
+                with contextlib.suppress(queue.Empty):
+                    while True:  # tokens of completions seen now
+                        self._finished.get_nowait()
+                return done
+            with contextlib.suppress(queue.Empty):
+                self._finished.get(timeout=1.0)
+
+    def cancel(self, futures: Iterable[Any]) -> None:
+        """Cancel tasks that have not started (after an error)."""
+        for future in futures:
+            future.cancel()
+
+
+def _call_with_results(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return func(*(a.result() if isinstance(a, cf.Future) else a for a in args))
 
 
 class _InlineExecutor(cf.Executor):
@@ -103,9 +139,18 @@ class _InlineExecutor(cf.Executor):
 
 @contextlib.contextmanager
 def open_runner(cfg: DaskConfig, progress: bool = True) -> Iterator[Runner]:
-    """A :class:`Runner` for the configured Dask cluster, closed on exit."""
+    """A :class:`Runner` for the configured execution (see the module docstring), closed on exit."""
     if cfg.address == INLINE:
         yield Runner(_InlineExecutor(), None, progress)
+        return
+    if not cfg.address and (cfg.n_workers == 1 or not cfg.processes):
+        threads = cfg.n_workers * cfg.threads_per_worker
+        log.info("running in this process on %d thread(s)", threads)
+        pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="geogen-prepare")
+        try:
+            yield Runner(pool, None, progress, workers=threads)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return
     from distributed import Client, LocalCluster
 
@@ -121,7 +166,7 @@ def open_runner(cfg: DaskConfig, progress: bool = True) -> Iterator[Runner]:
                 f"cannot reach the Dask scheduler at {cfg.address}: {exc}"
             ) from exc
         with client:
-            yield Runner(client.get_executor(pure=False), client, progress)
+            yield Runner(None, client, progress)
         return
     log.info(
         "starting a local Dask cluster: %d worker processes x %d threads",
@@ -131,16 +176,18 @@ def open_runner(cfg: DaskConfig, progress: bool = True) -> Iterator[Runner]:
     # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's
     # dynamic mmap threshold: every frame-sized array becomes an mmap with fresh page faults,
     # and reading/compressing runs ~2x slower (measured on the mch sample). Leave glibc be.
+    # (Workers are spawned, distributed's default: forked ones start faster, but inherit
+    # this process's threads' state and hung a benchmark run waiting for a transfer.)
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
         LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,
-            processes=cfg.processes,
+            processes=True,
             memory_limit=cfg.memory_limit,
             dashboard_address=None,
             silence_logs=logging.WARNING,
         ) as cluster,
         Client(cluster) as client,
     ):
-        yield Runner(client.get_executor(pure=False), client, progress)
+        yield Runner(None, client, progress)

@@ -352,6 +352,8 @@ class DGMRForecaster(CheckpointForecaster):
     checkpoint_model = "dgmr"
     size_multiple = 32
     min_domain = MIN_DOMAIN
+    #: About the most bytes of sampler activations alive at once (see :meth:`forecast_batch`).
+    sampler_memory = 2 * 2**30
 
     def build(self, checkpoint: dict[str, Any]) -> int:
         """The generator of the checkpoint."""
@@ -368,7 +370,60 @@ class DGMRForecaster(CheckpointForecaster):
     def forecast_batch(
         self, inputs: torch.Tensor, leads: int, members: range, seed: int
     ) -> torch.Tensor:
-        """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``."""
+        """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``.
+
+        Memory-bounded, with the generator's result: every member has the same context, so
+        the conditioning stack runs once for the batch; the sampler is unrolled over chunks
+        of lead times, all four levels for one chunk before the next (each level's ConvGRU
+        state carries over), with as many leads per chunk as keep about
+        :attr:`sampler_memory` bytes of activations alive (about ``56 * base_channels``
+        bytes per pixel of the half-resolution grid per member and lead: 160 MB at the
+        paper's width on the 640 x 736 padded MeteoSwiss domain, measured). A 20-member,
+        18-lead forecast of that domain then peaks at a few GB instead of ~3 GB per member
+        of the batch. On CPU, tensors are channels-last (faster convolutions).
+        """
+        from torch.nn import functional as F
+        from torch.nn.utils import parametrize
+
+        from geogen.nn.layers import depth_to_space
+
+        generator, sampler = self.generator, self.generator.sampler
+        if inputs.device.type == "cpu":
+            # oneDNN's CPU convolutions run about twice as fast on channels-last tensors
+            # (measured: the dgmr_tiny ensemble of 256 x 256); values equal to float rounding.
+            generator.to(memory_format=torch.channels_last)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         height, width = inputs.shape[-2:]
+        n = len(members)
         z = torch.stack([self._latent(seed, m, height, width) for m in members]).to(self.device)
-        return self.generator(inputs.expand(len(members), -1, -1, -1), leads, z=z)
+        per_lead = 56 * generator.base_channels * (height // 2) * (width // 2) * n
+        chunk = int(min(leads, max(1, self.sampler_memory // per_lead)))
+        out: torch.Tensor | None = None
+        # Spectrally normalised weights are computed once, not at every lead step.
+        with parametrize.cached():
+            states = [s.expand(n, -1, -1, -1) for s in generator.conditioning_stack(inputs)]
+            states = states[::-1]  # coarse to fine, as the sampler's levels
+            latent = generator.latent_stack(z.to(inputs.dtype))
+            for first in range(0, leads, chunk):
+                steps = min(chunk, leads - first)
+                below: torch.Tensor | None = None  # (n, steps, C, h, w) from the coarser level
+                for level, gru in enumerate(sampler.grus):
+                    outputs = []
+                    for step in range(steps):
+                        x = latent if below is None else below[:, step]
+                        states[level] = gru(x, states[level])
+                        outputs.append(states[level])
+                    h = torch.stack(outputs, dim=1).flatten(0, 1)  # batch-major
+                    h = sampler.convs[level](h)
+                    h = sampler.gblocks[level](h, steps=steps)
+                    h = sampler.up_gblocks[level](h, steps=steps)
+                    below = h.unflatten(0, (n, steps))
+                h = below.flatten(0, 1)
+                h = sampler.output_conv(F.relu(sampler.output_bn(h, steps=steps)))
+                frames = depth_to_space(h).reshape(n, steps, height, width)
+                if generator.output_activation == "relu":
+                    frames = F.relu(frames)
+                if out is None:
+                    out = frames.new_empty((n, leads, height, width))
+                out[:, first : first + steps] = frames
+        return out

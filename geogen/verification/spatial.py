@@ -28,35 +28,48 @@ from geogen.verification.interface import (
 SUM_FCT_SQ, SUM_FCT_OBS, SUM_OBS_SQ = range(3)
 
 
-def padded_summed_area_table(binary: np.ndarray, pad: int) -> np.ndarray:
+def padded_summed_area_table(
+    binary: np.ndarray, pad: int, dtype: np.dtype | type | None = None
+) -> np.ndarray:
     """Summed-area table of the last two axes, padded for windows reaching ``pad`` outside.
 
     Entry ``[..., pad + i, pad + j]`` is the sum of ``binary[..., :i, :j]``; rows and columns
     before the field are 0 and those after repeat the last one (zero padding of the field).
-    Integer (int64 when the field is large) so that every window sum is exact.
+    Integer so that every window sum is exact: by default int32 for a binary field that
+    small enough, else int64 (``dtype`` overrides: the caller knows the values' bound).
     """
     ny, nx = binary.shape[-2:]
-    dtype = np.int32 if ny * nx < 2**31 else np.int64
+    if dtype is None:
+        small = binary.dtype == bool and ny * nx < 2**31
+        dtype = np.int32 if small else np.int64
     shape = (*binary.shape[:-2], ny + 1 + 2 * pad, nx + 1 + 2 * pad)
     table = np.zeros(shape, dtype=dtype)
     inner = table[..., pad + 1 : pad + 1 + ny, pad + 1 : pad + 1 + nx]
     np.cumsum(binary, axis=-1, dtype=dtype, out=inner)
-    for row in range(1, ny):  # row by row: much faster than cumsum along a strided axis
-        np.add(inner[..., row, :], inner[..., row - 1, :], out=inner[..., row, :])
+    np.cumsum(inner, axis=-2, out=inner)
     table[..., pad + 1 + ny :, :] = table[..., pad + ny : pad + ny + 1, :]
     table[..., pad + 1 + nx :] = table[..., pad + nx : pad + nx + 1]
     return table
 
 
-def _box_sum(table: np.ndarray, pad: int, size: int, shape: tuple[int, int]) -> np.ndarray:
-    """Window sums for ``size`` (scipy ``uniform_filter`` placement: ``i - size // 2`` on)."""
+def _box_sum(
+    table: np.ndarray,
+    pad: int,
+    size: int,
+    shape: tuple[int, int],
+    out: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Window sums for ``size`` (scipy ``uniform_filter`` placement: ``i - size // 2`` on).
+
+    Two passes: the difference of two table rows (``rows``, a buffer of ``(..., y, x + 1 + 2
+    pad)``), then of two of its columns (into ``out`` when given).
+    """
     ny, nx = shape
     lo = pad - size // 2
     hi = lo + size
-    out = table[..., hi : hi + ny, hi : hi + nx] - table[..., lo : lo + ny, hi : hi + nx]
-    out -= table[..., hi : hi + ny, lo : lo + nx]
-    out += table[..., lo : lo + ny, lo : lo + nx]
-    return out
+    rows = np.subtract(table[..., hi : hi + ny, :], table[..., lo : lo + ny, :], out=rows)
+    return np.subtract(rows[..., hi : hi + nx], rows[..., lo : lo + nx], out=out)
 
 
 def box_sum(binary: np.ndarray, size: int) -> np.ndarray:
@@ -69,6 +82,10 @@ def box_sum(binary: np.ndarray, size: int) -> np.ndarray:
     return _box_sum(table, size, size, binary.shape[-2:])
 
 
+#: Members whose summed-area tables are built together (a few MB: the passes stay in cache).
+MEMBER_BLOCK = 4
+
+
 def fss_statistics(
     forecast: np.ndarray,
     observation: np.ndarray,
@@ -76,6 +93,11 @@ def fss_statistics(
     scales: Sequence[int] | int,
 ) -> np.ndarray:
     """FSS sums per lead, threshold and scale, summed over members.
+
+    Every window sum comes from a summed-area table (two subtractions per scale, whatever
+    the scale). The forecast-observation term needs only the window sums of the number of
+    members forecasting the event, so one table serves all members; the forecast squares are
+    summed over blocks of :data:`MEMBER_BLOCK` members, exactly, in integers.
 
     Parameters
     ----------
@@ -105,23 +127,42 @@ def fss_statistics(
     thr = as_thresholds(thresholds)
     sizes = as_scales(scales)
     members, leads = forecast.shape[:2]
-    shape = forecast.shape[-2:]
+    ny, nx = shape = forecast.shape[-2:]
     pad = max(sizes)
+    block = min(MEMBER_BLOCK, members)
+    width = nx + 1 + 2 * pad
+    # Window sums are <= size**2 and their squares <= size**4: int32 while that fits.
+    exact32 = pad**4 < 2**31 and members * ny * nx < 2**31
+    window = np.empty((block, ny, nx), dtype=np.int32 if exact32 else np.int64)
+    rows = np.empty((block, ny, width), dtype=window.dtype)
     out = np.zeros((leads, thr.size, len(sizes), 3))
+    area2 = np.asarray(sizes, dtype=np.float64) ** 4
     for lead in range(leads):
         for k, t in enumerate(thr):
+            events = forecast[:, lead] >= t
             obs_table = padded_summed_area_table(observation[lead] >= t, pad)
-            fct_table = padded_summed_area_table(forecast[:, lead] >= t, pad)
+            count_table = padded_summed_area_table(
+                np.count_nonzero(events, axis=0), pad, window.dtype
+            )
+            squares = np.zeros(len(sizes), dtype=np.int64)
             for j, size in enumerate(sizes):
-                obs_sum = _box_sum(obs_table, pad, size, shape).astype(np.int64).ravel()
-                fct_sum = _box_sum(fct_table, pad, size, shape)
-                flat = fct_sum.reshape(-1)
-                sq = np.einsum("i,i->", flat, flat, dtype=np.float64)
-                cross = np.dot(fct_sum.sum(axis=0, dtype=np.int64).ravel(), obs_sum)
-                area2 = float(size) ** 4
-                out[lead, k, j, SUM_FCT_SQ] = sq / area2
-                out[lead, k, j, SUM_FCT_OBS] = cross / area2
-                out[lead, k, j, SUM_OBS_SQ] = members * np.dot(obs_sum, obs_sum) / area2
+                if size == 1:  # the window sums are the events themselves: 0 or 1
+                    squares[j] = np.count_nonzero(events)
+            wide = [j for j, size in enumerate(sizes) if size > 1]
+            for first in range(0, members, block) if wide else ():
+                table = padded_summed_area_table(events[first : first + block], pad, window.dtype)
+                n = table.shape[0]
+                for j in wide:
+                    sums = _box_sum(table, pad, sizes[j], shape, window[:n], rows[:n])
+                    np.multiply(sums, sums, out=sums)
+                    squares[j] += sums.sum(dtype=np.int64)
+            for j, size in enumerate(sizes):
+                obs_sum = _box_sum(obs_table, pad, size, shape).astype(np.int64)
+                count_sum = _box_sum(count_table, pad, size, shape)
+                cross = np.einsum("ij,ij->", count_sum, obs_sum, dtype=np.int64)
+                obs_sq = np.einsum("ij,ij->", obs_sum, obs_sum, dtype=np.int64)
+                out[lead, k, j] = squares[j], cross, members * obs_sq
+            out[lead, k] /= area2[:, None]
     return out
 
 

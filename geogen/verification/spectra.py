@@ -2,7 +2,8 @@
 
 The same as :func:`pysteps.utils.spectral.rapsd` (``fft_method=numpy.fft``): power
 ``|FFT|**2 / size`` averaged over rings of rounded radius, for radii up to half the longest
-side. Vectorised over members; forecasts are summarised by the member-mean spectrum.
+side (here from the half-plane real FFT, which holds the same power). Vectorised over
+members; forecasts are summarised by the member-mean spectrum.
 Unscored pixels are set to 0 mm/h first (the FFT needs finite values).
 """
 
@@ -19,24 +20,40 @@ from geogen.verification.interface import Diagram, Metric, Pair, ScoreKey, regis
 
 @lru_cache(maxsize=16)
 def _rings(ny: int, nx: int) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Ring-averaging matrix ``(y * x, n)`` of fft-shifted frequencies, ring sizes, frequencies."""
+    """Ring averaging over the half plane of a real FFT.
+
+    Returns the matrix ``(n, y * (x // 2 + 1))`` that averages the ``rfft2`` power over rings
+    of rounded radius, the ring sizes (pixels of the full plane) and the ring frequencies.
+    The power of a real field is symmetric, ``P(-k) = P(k)``: a column ``0 < kx < x / 2`` of
+    the half plane stands for itself and its mirror and counts twice, the ``kx = 0`` column
+    (and ``kx = x / 2`` for even ``x``, the mirror of the full plane's ``-x / 2``) once.
+    """
     from scipy import sparse
 
-    yc = np.arange(ny) - ny // 2
-    xc = np.arange(nx) - nx // 2
-    radius = np.sqrt(yc[:, None] ** 2 + xc[None, :] ** 2).round().astype(np.int64).ravel()
+    ky = np.round(np.fft.fftfreq(ny) * ny)
+    kx = np.arange(nx // 2 + 1)
+    radius = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().astype(np.int64).ravel()
+    column_weight = np.full(kx.size, 2.0)
+    column_weight[0] = 1.0
+    if nx % 2 == 0:
+        column_weight[-1] = 1.0
+    weight = np.broadcast_to(column_weight, (ny, kx.size)).ravel()
     longest = max(ny, nx)
     n_rings = longest // 2 + 1 if longest % 2 == 1 else longest // 2
     keep = np.flatnonzero(radius < n_rings)
-    counts = np.bincount(radius[keep], minlength=n_rings).astype(np.float64)
+    counts = np.bincount(radius[keep], weights=weight[keep], minlength=n_rings)
     matrix = sparse.csr_matrix(
-        (1.0 / counts[radius[keep]], (keep, radius[keep])), shape=(ny * nx, n_rings)
+        (weight[keep] / counts[radius[keep]], (radius[keep], keep)),
+        shape=(n_rings, ny * kx.size),
     )
     return matrix, counts, np.fft.fftfreq(longest)[:n_rings]
 
 
 def rapsd(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """RAPSD of each 2-D field of ``(..., y, x)``.
+
+    Computed from the half-plane real FFT (:func:`scipy.fft.rfft2`, float64), half the work of
+    pysteps' full complex FFT, with the same rings.
 
     Returns
     -------
@@ -45,11 +62,17 @@ def rapsd(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     frequency
         ``(n,)`` spatial frequency in cycles per pixel (``numpy.fft.fftfreq``).
     """
+    from scipy import fft
+
     fields = np.asarray(fields, dtype=np.float64)
     ny, nx = fields.shape[-2:]
     matrix, _, frequency = _rings(ny, nx)
-    power = np.abs(np.fft.fftshift(np.fft.fft2(fields), axes=(-2, -1))) ** 2 / (ny * nx)
-    psd = np.asarray(power.reshape(-1, ny * nx) @ matrix)
+    spectrum = fft.rfft2(fields)
+    power = spectrum.real**2
+    power += spectrum.imag**2
+    power /= ny * nx
+    flat = power.reshape(-1, matrix.shape[1])
+    psd = np.asarray(matrix @ flat.T).T
     return psd.reshape(*fields.shape[:-2], -1), frequency
 
 

@@ -400,16 +400,21 @@ def test_prepare_skips_a_truncated_file_and_the_windows_needing_it(name: str, tm
 
 
 # --------------------------------------------------------------------------------------------
-# 8. a local Dask cluster writes exactly what the inline runner writes
+# 8. threads and a local Dask cluster write exactly what the inline runner writes
 # --------------------------------------------------------------------------------------------
 @requires_shared_data
 @pytest.mark.slow
-def test_local_dask_cluster_equals_inline(tmp_path: Path):
+def test_threads_and_local_dask_cluster_equal_inline(tmp_path: Path):
     overrides = deep_update(
         nowcast(128, "dgmr"), {"parts": {"samples": 8, "windows": 2, "frames": 3}}
     )
     stores = {}
-    for runner, dask in (("inline", {"address": "inline"}), ("cluster", {"address": None})):
+    runners = (
+        ("inline", {"address": "inline"}),
+        ("threads", {"address": None}),  # the default: threads in this process
+        ("cluster", {"address": None, "processes": True}),
+    )
+    for runner, dask in runners:
         dask = {**dask, "n_workers": 2, "threads_per_worker": 1}
         cfg = real_config(
             tmp_path / f"{runner}.zarr",
@@ -420,20 +425,22 @@ def test_local_dask_cluster_equals_inline(tmp_path: Path):
             **overrides,
         )
         stores[runner] = build(cfg).path
-    inline, cluster = (xr.open_zarr(stores[k]) for k in ("inline", "cluster"))
-    assert inline.sizes["sample"] == cluster.sizes["sample"] > 8  # several parts in parallel
-    for name in ("t0", "y0", "x0", "split", "sample_prob", "rain_fraction", "nan_fraction"):
-        np.testing.assert_array_equal(inline[name].values, cluster[name].values, err_msg=name)
-    assert inline["precip"].values.tobytes() == cluster["precip"].values.tobytes()
-    assert inline.attrs["statistics"] == cluster.attrs["statistics"]
+    inline = xr.open_zarr(stores["inline"])
     chunks = sorted(
         p.relative_to(stores["inline"]) for p in (stores["inline"] / "precip").rglob("*")
     )
-    for chunk in chunks:
-        if (stores["inline"] / chunk).is_file():
-            assert (stores["inline"] / chunk).read_bytes() == (
-                stores["cluster"] / chunk
-            ).read_bytes()
+    for other in ("threads", "cluster"):
+        cluster = xr.open_zarr(stores[other])
+        assert inline.sizes["sample"] == cluster.sizes["sample"] > 8  # parts in parallel
+        for name in ("t0", "y0", "x0", "split", "sample_prob", "rain_fraction", "nan_fraction"):
+            np.testing.assert_array_equal(inline[name].values, cluster[name].values, err_msg=name)
+        assert inline["precip"].values.tobytes() == cluster["precip"].values.tobytes()
+        assert inline.attrs["statistics"] == cluster.attrs["statistics"]
+        for chunk in chunks:
+            if (stores["inline"] / chunk).is_file():
+                assert (stores["inline"] / chunk).read_bytes() == (
+                    stores[other] / chunk
+                ).read_bytes()
 
 
 # --------------------------------------------------------------------------------------------

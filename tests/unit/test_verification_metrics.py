@@ -118,6 +118,23 @@ def test_fss_metric_equals_pysteps_per_member_accumulation(case):
                 close(values[("fss", thr, scale, "none")][lead], spatialscores.fss_compute(ref))
 
 
+def test_fss_sums_equal_pysteps_over_member_blocks(rng):
+    """Members are tabulated in blocks (``MEMBER_BLOCK``): an ensemble of 9 spans three, the
+    odd scale and the scale wider than half the field use the padded tables."""
+    fct = rain(rng, (9, 1, 33, 27))
+    obs = rain(rng, (1, 33, 27))
+    metric = get_metric("fss", thresholds=[0.5, 6.0], scales=[1, 2, 5, 20])
+    state = metric.init()
+    metric.accum(state, fct, obs)
+    values = metric.compute(state)
+    for thr in (0.5, 6.0):
+        for scale in (1, 2, 5, 20):
+            ref = spatialscores.fss_init(thr, scale)
+            for member in range(9):
+                spatialscores.fss_accum(ref, fct[member, 0], obs[0])
+            close(values[("fss", thr, scale, "none")][0], spatialscores.fss_compute(ref))
+
+
 def test_crps_equals_pysteps(rng):
     """On values without ties (pysteps' CRPS_accum drops a bin when the observation equals a
     member exactly; see test_crps_with_ties_is_exact)."""
@@ -180,6 +197,10 @@ def test_crps_per_pixel_brute_force(rng):
     obs = rng.normal(size=30)
     expected = [crps_brute_force(fct[:, i], obs[i]) for i in range(30)]
     close(crps_per_pixel(fct, obs), expected)
+    # float32 ensembles are summed in float64 without a float64 copy: still to 1e-5
+    values = crps_per_pixel(fct.astype(np.float32), obs.astype(np.float32))
+    assert values.dtype == np.float64
+    close(values, [crps_brute_force(fct[:, i].astype(np.float32), obs[i]) for i in range(30)])
 
 
 def test_pool_shapes_and_nan():
@@ -189,6 +210,9 @@ def test_pool_shapes_and_nan():
     assert avg.shape == (2, 2, 2) and np.isnan(avg[0, 0, 0]) and np.isfinite(avg[1]).all()
     np.testing.assert_allclose(avg[1, 1, 1], field[1, 4:8, 4:8].mean())
     assert pool(field, 4, "max", stride=2).shape == (2, 3, 3)
+    peak = pool(field, 4, "max")  # strided maxima, NaN propagating like numpy's max
+    expected = field[..., :8, :8].reshape(2, 2, 4, 2, 4).max(axis=(-3, -1))
+    np.testing.assert_array_equal(peak, expected)
     with pytest.raises(VerificationError, match="unknown pooling 'min'"):
         pool(field, 2, "min")
 
@@ -223,6 +247,24 @@ def test_reliability_equals_pysteps(case):
         ref = probscores.reldiag(prob, pair.observation[1], thr, n_bins=10, min_count=10)
         close(mine[0], ref[0])
         close(mine[1], ref[1])
+
+
+def test_reliability_metric_bins_equal_pysteps_reldiag_sums(case):
+    """The metric counts pixels per number of members above the threshold; its bins must be
+    those of pysteps' ``reldiag_accum`` on ``excprob``."""
+    fct, obs = case
+    pair = Pair(fct, obs)
+    metric = get_metric("reliability", thresholds=[0.5, 4.0], n_bins=7)
+    stats = metric.statistics(pair)
+    for lead in range(3):
+        for k, thr in enumerate((0.5, 4.0)):
+            prob = excprob(pair.forecast[:, lead], thr)
+            prob[~pair.valid[lead]] = np.nan
+            ref = probscores.reldiag_init(thr, n_bins=7, min_count=0)  # min_count: per call
+            probscores.reldiag_accum(ref, prob, pair.observation[lead])
+            close(stats["bins"][lead, k, :, 0], ref["X_sum"])
+            close(stats["bins"][lead, k, :, 1], ref["Y_sum"])
+            close(stats["bins"][lead, k, :, 2], ref["num_idx"])
 
 
 def test_brier_score_closed_form(case):
@@ -275,7 +317,7 @@ def test_continuous_equals_pysteps_on_the_ensemble_mean(case):
             close(_value(values, name, lead), ref[name.upper()])
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (63, 63), (40, 57)])
+@pytest.mark.parametrize("shape", [(64, 64), (63, 63), (40, 57), (57, 40)])
 def test_rapsd_equals_pysteps(rng, shape):
     field = rain(rng, shape).astype(np.float64)
     mine, freq = rapsd(field[None])
