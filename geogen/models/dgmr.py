@@ -238,6 +238,11 @@ class Generator(nn.Module):
         Channels of ``z`` (8).
     output_activation
         ``"relu"`` (non-negative output) or ``"none"``.
+    norm
+        The sampler's normalisation: ``"batch"`` (the paper's batch norms, per-lead running
+        statistics) or ``"none"`` (no normalisation: a member depends on its own inputs only
+        and the network is the same in training and forecasting; README, "Why DGMR's members
+        collapsed").
     """
 
     def __init__(
@@ -247,6 +252,7 @@ class Generator(nn.Module):
         base_channels: int = 24,
         latent_channels: int = 8,
         output_activation: str = "relu",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         if output_activation not in ("relu", "none"):
@@ -260,7 +266,7 @@ class Generator(nn.Module):
         self.output_activation = output_activation
         self.conditioning_stack = ConditioningStack(context_frames, base_channels)
         self.latent_stack = LatentConditioningStack(base_channels, latent_channels)
-        self.sampler = Sampler(base_channels)
+        self.sampler = Sampler(base_channels, norm=norm)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """Shape ``(channels, y, x)`` of one example's ``z`` for frames of ``height x width``."""

@@ -155,6 +155,25 @@ def test_batched_members_differ_and_are_seeded(mode):
     torch.testing.assert_close(same, same[:1].expand_as(same), rtol=1e-3, atol=1e-4)
 
 
+def test_generator_without_batch_norm_is_the_same_network_in_training_and_forecasting():
+    """norm="none": no batch norm; a member does not depend on the rest of its batch."""
+    torch.manual_seed(0)
+    gen = Generator(base_channels=2, latent_channels=2, norm="none")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in gen.modules())
+    assert sum(p.numel() for p in gen.parameters()) < sum(
+        p.numel() for p in Generator(base_channels=2, latent_channels=2).parameters()
+    )
+    context = torch.rand(3, 4, 64, 64)
+    z = torch.randn(3, 2, 2, 2)
+    gen.eval()
+    with torch.no_grad():
+        together = gen(context, 3, z=z)
+        alone = gen(context[1:2], 3, z=z[1:2])
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="norm"):
+        Generator(base_channels=2, latent_channels=2, norm="layer")
+
+
 def test_latent_draws_are_independent_per_example():
     gen = tiny_generator()
     z = gen.sample_latent(64, 256, 320, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,82 @@
+"""The shipped dgmr_advect checkpoint on the held-back MeteoSwiss event (../shared/data)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import requires_shared_data
+
+import geogen
+from geogen.forecasting import get_forecaster, open_forecast, read_context, read_frames
+from geogen.forecasting.shipped import INDEX, shipped_dir, shipped_index
+from geogen.verification.scoring import score_files
+
+pytestmark = [pytest.mark.integration, requires_shared_data]
+
+ISSUE = "2016-07-11T22:00"
+REGION = [192, 352, 128, 128]
+
+
+def test_index_lists_a_card_and_the_file_hash():
+    index = shipped_index()
+    assert "dgmr_advect" in index, f"no dgmr_advect entry in {shipped_dir() / INDEX}"
+    entry = index["dgmr_advect"]
+    path = shipped_dir() / entry["file"]
+    assert path.is_file() and path.stat().st_size < 8 * 2**20  # a few MB
+    from geogen.forecasting.learned import sha256_file
+
+    assert sha256_file(path) == entry["sha256"]
+    card = (shipped_dir() / "README.md").read_text()
+    assert entry["sha256"] in card and entry["file"] in card
+
+
+def test_shipped_model_beats_persistence_on_the_held_back_event(tmp_path):
+    model = get_forecaster("dgmr_advect", batch_members=10)
+    context = read_context("mch", ISSUE, model.n_context, region=REGION)
+    fc = geogen.forecast(model, context, members=10, leads=6, seed=1)
+    assert fc.shape == (10, 6, 128, 128)
+    assert fc.attrs["settings"]["checkpoint_sha256"] == shipped_index()["dgmr_advect"]["sha256"]
+    obs = read_frames("mch", "2016-07-11T22:05", "2016-07-11T22:30", region=REGION).values
+    persistence = np.nanmean(np.abs(context.values[-1] - obs))
+    members = fc.values
+    skill = np.nanmean(np.abs(members - obs[None]))
+    spread = np.nanmean(
+        np.abs(members[:, None] - members[None]).reshape(-1, *members.shape[1:]), axis=0
+    )
+    crps = skill - 0.5 * np.nanmean(spread) * 10 / 9  # fair ensemble CRPS
+    assert crps < persistence  # trained skill, not noise
+    assert np.nanmean(np.std(members, axis=0)) > 0.01  # the members differ
+
+
+def test_geogen_forecast_uses_the_shipped_checkpoint(tmp_path):
+    out = tmp_path / "fc.nc"
+    cmd = [
+        str(Path(sys.executable).with_name("geogen-forecast")),
+        "model=dgmr_advect",
+        f"time={ISSUE}",
+        f"region={json.dumps(REGION).replace(' ', '')}",
+        "margin=32",
+        "members=4",
+        "leads=3",
+        "progress=false",
+        f"out={out}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    fc = open_forecast(out)
+    assert fc.shape == (4, 3, 128, 128)
+    assert fc.attrs["settings"]["checkpoint_sha256"] == shipped_index()["dgmr_advect"]["sha256"]
+    scored = score_files([out], "mch", settings={"metrics": ["crps"], "bootstrap": {"n": 0}})
+    assert set(scored.scores["model"]) == {"dgmr_advect"}
+    bad = subprocess.run(
+        [*cmd[:-2], f"out={tmp_path / 'bad.nc'}", "ckpt_sha256=" + "0" * 64, cmd[-1]],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
+    assert bad.returncode == 1 and "SHA-256 mismatch" in bad.stdout + bad.stderr
