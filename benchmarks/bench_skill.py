@@ -1,11 +1,11 @@
 """Skill of the learned nowcasters against pysteps on the test split of the radar stores.
 
     python benchmarks/bench_skill.py                           # train each model, score
-    python benchmarks/bench_skill.py --train dgmr_advect_tiny=30 dgmr_tiny=20
+    python benchmarks/bench_skill.py --train dgmr_advect_tiny=20 dgmr_tiny=45
     python benchmarks/bench_skill.py --train none               # only the shipped checkpoint
     python benchmarks/bench_skill.py --cases 16 --members 20 --out outputs/bench_skill
 
-What it does, from a fresh clone on a 2-core CPU (about 75 minutes with the defaults):
+What it does, from a fresh clone on a 2-core CPU (about 85 minutes with the defaults):
 
 1. builds the crop stores of every 5-minute radar source of the sample data
    (``scripts/prepare_stores.sh``: mch, fmi, rmi; the MeteoSwiss 2016-07-11 event is the test
@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TRAIN = ("dgmr_advect_tiny=30", "dgmr_tiny=25", "vae_nowcast_tiny=5", "flow_nowcast_tiny=5")
+DEFAULT_TRAIN = ("dgmr_advect_tiny=20", "dgmr_tiny=45", "vae_nowcast_tiny=4", "flow_nowcast_tiny=4")
 LEADS_SHOWN = (30, 60, 90)
 
 
