@@ -237,6 +237,96 @@ def test_radar_source_is_lazy(case: RadarCase, tmp_path: Path):
     np.testing.assert_array_equal(first, expected.astype(np.float32))
 
 
+class RecordingLock:
+    """Stands in for HDF5_LOCK and counts how often it is taken."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@requires_shared_data
+@pytest.mark.parametrize(
+    ("name", "window", "locked"),
+    [
+        ("mch", ("2015-05-15T16:00", "2015-05-15T16:30"), False),
+        ("opera", ("2018-08-24T22:00", "2018-08-24T22:30"), True),
+    ],
+)
+def test_gif_frames_decode_in_parallel_without_the_hdf5_lock(name, window, locked, monkeypatch):
+    """PIL-only importers skip HDF5_LOCK, HDF5 ones take it; threads read the same frames."""
+    import concurrent.futures
+
+    from geogen.io import radar
+
+    recorder = RecordingLock()
+    monkeypatch.setattr(radar, "HDF5_LOCK", recorder)
+    source = load_source(load_source_config(name), *window)
+    recorder.taken = 0
+    sequential = [source.read(i) for i in range(len(source.paths))]
+    assert recorder.taken == (len(source.paths) if locked else 0)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(source.read, range(len(source.paths))))
+    for a, b in zip(sequential, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@requires_shared_data
+def test_mch_palette_table_gives_the_importers_bytes_on_every_sample_file(monkeypatch):
+    """palette_lut reads every MeteoSwiss sample file to the bytes of the per-file importer,
+    calling the importer only for the table and the first file."""
+    from geogen.io import radar
+
+    pysteps = radar.import_pysteps()
+    importer = pysteps.io.get_method("mch_gif", "importer")
+    calls = []
+
+    def counting(path, **kwargs):
+        calls.append(path)
+        return importer(path, **kwargs)
+
+    monkeypatch.setattr(pysteps.io, "get_method", lambda name, kind: counting)
+    fast = load_source("mch")
+    assert fast._palette is not None
+    assert len(calls) == 2  # the 256-index table and the first file (grid, metadata, check)
+    frames = [fast.read(i) for i in range(len(fast.paths))]
+    assert len(calls) == 2 and len(frames) == len(fast.paths) >= 80
+    monkeypatch.undo()
+
+    slow = load_source("mch", palette_lut=False)
+    assert slow._palette is None
+    for i, frame in enumerate(frames):
+        expected = slow.read(i)
+        assert frame.dtype == expected.dtype == np.float32
+        assert frame.tobytes() == expected.tobytes(), slow.paths[i]
+    assert fast.attrs == slow.attrs  # threshold etc. from the first file, as before
+
+
+@requires_shared_data
+def test_mch_palette_table_that_disagrees_with_the_importer_is_dropped(monkeypatch, caplog):
+    from geogen.io import radar
+
+    real = radar.RadarSource._palette_table
+
+    def wrong(self):
+        table, meta = real(self)
+        return table * np.float32(2.0), meta
+
+    monkeypatch.setattr(radar.RadarSource, "_palette_table", wrong)
+    with caplog.at_level("WARNING", logger="geogen.io.radar"):
+        source = load_source("mch", "2015-05-15T16:00", "2015-05-15T16:30")
+    assert source._palette is None
+    assert "does not reproduce the pysteps importer" in caplog.text
+    config = load_source_config("mch")
+    expected, _ = pysteps_rain_rate(source.paths[-1], config["importer"], config["importer_kwargs"])
+    np.testing.assert_array_equal(source.read(len(source.paths) - 1), expected.astype(np.float32))
+
+
 @requires_shared_data
 def test_opera_and_generic_odim_importers_agree():
     """The generic ODIM importer reads the OPERA composite like the OPERA entry."""
