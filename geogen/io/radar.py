@@ -38,7 +38,7 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -230,41 +230,34 @@ class RadarSource(Source):
         """The GIF's palette indices, or None where it is not a palette image."""
         from PIL import Image
 
-        try:
-            with Image.open(path) as img:
-                if img.mode not in ("P", "L"):
-                    return None
-                indices = np.asarray(img)
-        except FileNotFoundError as exc:
-            raise BadFileError(path, f"file vanished: {exc}") from exc
-        except Exception as exc:  # PIL raises anything on corrupt input
-            raise BadFileError(
-                path,
-                f"cannot be read by the pysteps importer {self.spec.importer!r} "
-                f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt",
-            ) from exc
-        return indices
+        with self._read_errors(path), Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                return None
+            return np.asarray(img)
 
-    def _convert(self, path: Any, name: str) -> tuple[np.ndarray, dict[str, Any]]:
-        """The pysteps importer and ``to_rainrate`` on ``path`` (``name`` in errors)."""
-        pysteps = import_pysteps()
-        importer = pysteps.io.get_method(self.spec.importer, "importer")
+    @contextlib.contextmanager
+    def _read_errors(self, name: str) -> Iterator[None]:
+        """Turn what a reader raises on a missing or corrupt file into a BadFileError."""
         try:
-            # netCDF4/HDF5 (and so most importers) are not thread-safe: share xarray's lock,
-            # which also guards xarray's own netCDF reads in this process.
-            lock = (
-                contextlib.nullcontext() if self.spec.importer in LOCK_FREE_IMPORTERS else HDF5_LOCK
-            )
-            with lock:
-                precip, _quality, meta = importer(path, **self.spec.importer_kwargs)
+            yield
         except FileNotFoundError as exc:
             raise BadFileError(name, f"file vanished: {exc}") from exc
-        except Exception as exc:  # importers raise anything on corrupt input
+        except Exception as exc:  # importers (and PIL) raise anything on corrupt input
             raise BadFileError(
                 name,
                 f"cannot be read by the pysteps importer {self.spec.importer!r} "
                 f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt",
             ) from exc
+
+    def _convert(self, path: Any, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """The pysteps importer and ``to_rainrate`` on ``path`` (``name`` in errors)."""
+        pysteps = import_pysteps()
+        importer = pysteps.io.get_method(self.spec.importer, "importer")
+        # netCDF4/HDF5 (and so most importers) are not thread-safe: share xarray's lock,
+        # which also guards xarray's own netCDF reads in this process.
+        lock = contextlib.nullcontext() if self.spec.importer in LOCK_FREE_IMPORTERS else HDF5_LOCK
+        with self._read_errors(name), lock:
+            precip, _quality, meta = importer(path, **self.spec.importer_kwargs)
         precip = np.asarray(precip)
         if precip.ndim != 2:
             raise BadFileError(
