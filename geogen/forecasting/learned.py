@@ -96,7 +96,9 @@ def load_geogen_checkpoint(path: str | os.PathLike, expected_model: str) -> dict
     for key in ("network_config", "data"):
         if not meta.get(key):
             raise ForecastError(f"{path}: the checkpoint's {CHECKPOINT_KEY}.{key} is empty")
-    return checkpoint
+    from geogen.forecasting.shipped import dequantize_int8
+
+    return dequantize_int8(checkpoint)
 
 
 def member_generator(seed: int, member: int) -> torch.Generator:

@@ -21,6 +21,8 @@ from geogen.forecasting.interface import ForecastError
 
 #: Index file of the shipped checkpoints.
 INDEX = "index.json"
+#: Checkpoint entry holding the per-channel scales of int8 weights (``export --int8``).
+INT8_SCALES = "int8_scales"
 
 
 def shipped_dir() -> Path:
@@ -87,19 +89,44 @@ def resolve_checkpoint(
     return Path(ckpt)
 
 
+def quantize_int8(weight: Any) -> tuple[Any, Any]:
+    """``(int8 weight, float32 scale per output channel)`` with ``weight ~ q * scale``."""
+    import torch
+
+    flat = weight.detach().float().reshape(weight.shape[0], -1)
+    scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+    q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(weight.shape), scale
+
+
+def dequantize_int8(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint with its int8 weights (``INT8_SCALES``) restored to float32, in place."""
+    scales = checkpoint.pop(INT8_SCALES, None) or {}
+    state = checkpoint["state_dict"]
+    for key, scale in scales.items():
+        q = state[key]
+        state[key] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))
+    return checkpoint
+
+
 def export_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
     prefix: str = "network.generator.",
     half: bool = True,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Write a forecasting-only copy of a training checkpoint (weights under ``prefix``).
 
     Keeps geogen's metadata (network config, training data, versions) and the weights the
     forecaster loads, drops the optimizer states, the discriminators and Lightning's loop
     state; ``half`` stores floating-point weights as float16 (they are loaded back into the
-    float32 network). The file is written to a temporary path and renamed.
+    float32 network); ``int8`` stores each weight of two or more dimensions as int8 with one
+    float32 scale per output channel (symmetric, ``scale = max|w| / 127``; the other tensors
+    as with ``half``), half the size again; :func:`geogen.forecasting.learned.
+    load_geogen_checkpoint` restores float32 weights. The file is written to a temporary path
+    and renamed.
 
     Returns
     -------
@@ -113,10 +140,16 @@ def export_checkpoint(
 
     meta = torch.load(src, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY) or {}
     checkpoint = load_geogen_checkpoint(src, str(meta.get("model")))
-    state = {}
+    state, scales = {}, {}
     for key, value in checkpoint["state_dict"].items():
-        if key.startswith(prefix):
-            state[key] = value.half() if half and value.is_floating_point() else value
+        if not key.startswith(prefix):
+            continue
+        if int8 and value.is_floating_point() and value.ndim >= 2:
+            state[key], scales[key] = quantize_int8(value)
+        elif (half or int8) and value.is_floating_point():
+            state[key] = value.half()
+        else:
+            state[key] = value
     if not state:
         raise ForecastError(f"{src} holds no weights under {prefix!r}")
     slim = {
@@ -125,6 +158,8 @@ def export_checkpoint(
         "global_step": checkpoint.get("global_step"),
         "epoch": checkpoint.get("epoch"),
     }
+    if scales:
+        slim[INT8_SCALES] = scales
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
@@ -148,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("src")
     export.add_argument("dst")
     export.add_argument("--float32", action="store_true", help="keep float32 weights")
+    export.add_argument(
+        "--int8", action="store_true", help="int8 weights, one scale per output channel"
+    )
     export.add_argument("--index", action="store_true", help="record it in DST's index.json")
     export.add_argument("--model", default=None, help="index entry name (default: its model)")
     sub.add_parser("list", help="the shipped checkpoints")
@@ -155,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "list":
         print(json.dumps(shipped_index(), indent=2))
         return
-    entry = export_checkpoint(args.src, args.dst, half=not args.float32)
+    entry = export_checkpoint(args.src, args.dst, half=not args.float32, int8=args.int8)
     if args.index:
         import torch
 

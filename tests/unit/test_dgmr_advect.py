@@ -388,6 +388,38 @@ def test_forecaster_ensemble_seeding_and_no_data(trained, context):
         get_forecaster("dgmr", ckpt=trained.last_checkpoint)
 
 
+def test_int8_export_is_smaller_and_forecasts_like_the_training_checkpoint(
+    trained, context, tmp_path
+):
+    from geogen.forecasting.shipped import INT8_SCALES, export_checkpoint, quantize_int8
+
+    weight = torch.randn(6, 3, 3, 3) * torch.arange(1, 7).reshape(6, 1, 1, 1)
+    q, scale = quantize_int8(weight)
+    assert q.dtype == torch.int8 and scale.shape == (6,)
+    assert (q.abs().reshape(6, -1).amax(1) == 127).all()  # each channel uses the full range
+    restored = q.float() * scale.reshape(6, 1, 1, 1)
+    assert (restored - weight).abs().max() <= scale.max() / 2 + 1e-6
+
+    half = export_checkpoint(trained.last_checkpoint, tmp_path / "half.ckpt")
+    small = export_checkpoint(trained.last_checkpoint, tmp_path / "int8.ckpt", int8=True)
+    assert small["parameters"] == half["parameters"]
+    assert small["bytes"] < 0.7 * half["bytes"]
+    raw = torch.load(tmp_path / "int8.ckpt", weights_only=True)
+    assert raw[INT8_SCALES] and all(
+        raw["state_dict"][k].dtype == torch.int8 for k in raw[INT8_SCALES]
+    )
+
+    def run(ckpt):
+        model = get_forecaster("dgmr_advect", ckpt=ckpt)
+        return geogen.forecast(model, context, members=2, leads=3, seed=5).values
+
+    reference, quantized = run(trained.last_checkpoint), run(tmp_path / "int8.ckpt")
+    valid = np.isfinite(reference)
+    assert np.array_equal(valid, np.isfinite(quantized))
+    error = np.abs(quantized[valid] - reference[valid]).mean()
+    assert error < 0.02 * np.abs(reference[valid]).mean() + 1e-4
+
+
 def test_a_new_network_forecasts_the_extrapolation(trained, context, tmp_path):
     state = torch.load(trained.last_checkpoint, weights_only=True)
     state["state_dict"]["network.generator.residual_gain"] = torch.zeros(())
