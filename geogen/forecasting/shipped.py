@@ -90,7 +90,10 @@ def resolve_checkpoint(
 
 
 def quantize_int8(weight: Any) -> tuple[Any, Any]:
-    """``(int8 weight, float32 scale per output channel)`` with ``weight ~ q * scale``."""
+    """``(int8 weight, float32 scales)`` with ``weight ~ q * scale``.
+
+    One symmetric scale per slice of the first dimension (a convolution's output channel).
+    """
     import torch
 
     flat = weight.detach().float().reshape(weight.shape[0], -1)
