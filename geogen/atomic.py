@@ -59,7 +59,9 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     os.replace(tmp, final)
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any], *, suffix: str = "") -> Path:
+def write_atomic(
+    path: str | os.PathLike[str], write: Callable[[Path], Any], *, suffix: str = ""
+) -> Path:
     """Call ``write(tmp)`` on a temporary path and rename it onto ``path``; return ``path``."""
     with atomic_path(path, suffix=suffix) as tmp:
         write(tmp)

@@ -9,6 +9,7 @@ Unscored pixels are set to 0 mm/h first (the FFT needs finite values).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -117,3 +118,67 @@ class PowerSpectrum(Metric):
             Diagram("rapsd_forecast", float("nan"), wavelength, psd[:, 0]),
             Diagram("rapsd_observation", float("nan"), wavelength.copy(), psd[:, 1]),
         ]
+
+
+#: Wavelength bands (km) of the spectral-realism score: octaves from 2 km (the Nyquist
+#: wavelength of a 1 km grid) to 256 km (a 256 x 256 crop).
+SPECTRAL_BANDS_KM: tuple[tuple[float, float], ...] = (
+    (2.0, 4.0),
+    (4.0, 8.0),
+    (8.0, 16.0),
+    (16.0, 32.0),
+    (32.0, 64.0),
+    (64.0, 128.0),
+    (128.0, 256.0),
+)
+
+
+def band_log_ratio(
+    psd_forecast: np.ndarray,
+    psd_observation: np.ndarray,
+    wavelength_km: np.ndarray,
+    bands: tuple[tuple[float, float], ...] = SPECTRAL_BANDS_KM,
+) -> np.ndarray:
+    """Mean ``log10(P_forecast / P_observation)`` over the rings of each wavelength band.
+
+    Parameters
+    ----------
+    psd_forecast, psd_observation
+        ``(..., n)`` RAPSD (e.g. the member-mean spectrum and the observed one) on the same rings.
+    wavelength_km
+        ``(n,)`` wavelength of each ring in km (``pixel_km / frequency``; ``inf`` for the mean).
+    bands
+        ``(low, high)`` km; a ring belongs to a band when ``low <= wavelength < high`` (the last
+        band also takes ``wavelength == high``).
+
+    Returns
+    -------
+    ``(..., n_bands)``: 0 where the forecast has the observed power, +1 for ten times too much;
+    NaN for a band with no ring, or where either power is 0 or not finite.
+    """
+    psd_forecast = np.asarray(psd_forecast, dtype=np.float64)
+    psd_observation = np.asarray(psd_observation, dtype=np.float64)
+    wavelength_km = np.asarray(wavelength_km, dtype=np.float64)
+    if psd_forecast.shape != psd_observation.shape or psd_forecast.shape[-1] != wavelength_km.size:
+        raise ValueError(
+            f"spectra {psd_forecast.shape} and {psd_observation.shape} must share their shape, "
+            f"ending with the {wavelength_km.size} rings of wavelength_km"
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log10(psd_forecast) - np.log10(psd_observation)
+    ratio = np.where(np.isfinite(ratio), ratio, np.nan)
+    out = np.full((*ratio.shape[:-1], len(bands)), np.nan)
+    for index, (low, high) in enumerate(bands):
+        upper = wavelength_km <= high if index == len(bands) - 1 else wavelength_km < high
+        rings = np.flatnonzero((wavelength_km >= low) & upper)
+        if rings.size:
+            values = ratio[..., rings]
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[..., index] = np.nanmean(values, axis=-1)
+    return out
+
+
+def band_label(band: tuple[float, float]) -> str:
+    """``"2-4"`` for the band ``(2.0, 4.0)`` (km)."""
+    return f"{band[0]:g}-{band[1]:g}"

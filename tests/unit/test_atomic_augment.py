@@ -40,7 +40,9 @@ def test_dihedral_group_is_eight_distinct_invertible_maps():
     assert len(images) == N_DIHEDRAL
     for k in range(N_DIHEDRAL):
         np.testing.assert_array_equal(inverse_dihedral(dihedral(field, k), k), field)
-        np.testing.assert_array_equal(dihedral(torch.from_numpy(field), k).numpy(), dihedral(field, k))
+        np.testing.assert_array_equal(
+            dihedral(torch.from_numpy(field), k).numpy(), dihedral(field, k)
+        )
 
 
 def test_dihedral_quarter_turn_moves_a_pixel_as_rot90():
