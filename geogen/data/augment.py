@@ -23,8 +23,9 @@ N_DIHEDRAL = 8
 def dihedral(array: ArrayT, k: int) -> ArrayT:
     """Apply the ``k``-th of the 8 square symmetries to the last two axes ``(y, x)``.
 
-    ``k = 0`` is the identity; ``k % 4`` counter-clockwise quarter turns are applied, then
-    ``k >= 4`` flips ``x``. Non-square arrays accept only ``k`` in ``{0, 2, 4, 6}``.
+    ``k = 0`` is the identity; ``k >= 4`` flips ``x`` first, then ``k % 4`` counter-clockwise
+    quarter turns are applied (:func:`torch.rot90` / :func:`numpy.rot90` over ``(y, x)``).
+    Non-square arrays accept only ``k`` in ``{0, 2, 4, 6}``. The result is contiguous.
     """
     if not 0 <= int(k) < N_DIHEDRAL:
         raise ValueError(f"dihedral transform index must be in 0..7, got {k}")
@@ -34,16 +35,15 @@ def dihedral(array: ArrayT, k: int) -> ArrayT:
             f"a quarter turn needs a square field, got (y, x) = {tuple(array.shape[-2:])}"
         )
     if isinstance(array, torch.Tensor):
-        out = torch.rot90(array, k % 4, dims=(-2, -1))
-        return torch.flip(out, dims=(-1,)) if k >= 4 else out
-    out = np.rot90(array, k % 4, axes=(-2, -1))
-    out = out[..., ::-1] if k >= 4 else out
-    return np.ascontiguousarray(out)
+        flipped = torch.flip(array, dims=(-1,)) if k >= 4 else array
+        return torch.rot90(flipped, k % 4, dims=(-2, -1)).contiguous()
+    flipped = array[..., ::-1] if k >= 4 else array
+    return np.ascontiguousarray(np.rot90(flipped, k % 4, axes=(-2, -1)))
 
 
 def inverse_dihedral(array: ArrayT, k: int) -> ArrayT:
     """Undo :func:`dihedral` with the same ``k``."""
     k = int(k)
-    if k >= 4:  # a flip then rotations: reflections are their own inverse
+    if k >= 4:  # a flip then rotations is a reflection: its own inverse
         return dihedral(array, k)
     return dihedral(array, (4 - k) % 4)

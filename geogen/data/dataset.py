@@ -27,6 +27,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
+from geogen.data.augment import dihedral
 from geogen.data.transforms import Transform, get_transform
 from geogen.io.store import (
     SPLITS,
@@ -204,27 +205,6 @@ def check_compatible(infos: Sequence[StoreInfo]) -> None:
                 f"crop stores cannot be combined: units are {units[0]!r} in {first.path} "
                 f"but {units[1]!r} in {other.path}"
             )
-
-
-def dihedral(values: torch.Tensor, op: int) -> torch.Tensor:
-    """Apply one of the 8 symmetries of the square to the last two axes.
-
-    Parameters
-    ----------
-    values
-        ``(..., y, x)`` with ``y == x``.
-    op
-        ``0..7``: a flip of ``x`` when ``op >= 4``, then ``op % 4`` rotations by 90 degrees
-        (:func:`torch.rot90` over ``(y, x)``). ``0`` is the identity.
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape and dtype, contiguous.
-    """
-    if op >= 4:
-        values = torch.flip(values, dims=(-1,))
-    return torch.rot90(values, op % 4, dims=(-2, -1)).contiguous()
 
 
 class CropDataset(Dataset):

@@ -50,6 +50,7 @@ def test_dihedral_quarter_turn_moves_a_pixel_as_rot90():
     field[0, 3] = 1.0  # top right
     assert dihedral(field, 1)[0, 0] == 1.0  # counter-clockwise: top right -> top left
     assert dihedral(field, 4)[0, 0] == 1.0  # flip x: top right -> top left
+    assert dihedral(field, 5)[3, 0] == 1.0  # flip x, then a quarter turn: -> bottom left
 
 
 def test_dihedral_rejects_bad_index_and_non_square_turns():
