@@ -89,7 +89,9 @@ def advect(
     return np.nan_to_num(np.maximum(out, 0.0), nan=0.0).astype(np.float32)
 
 
-def _cache_key(attrs: Mapping[str, Any], settings: Mapping[str, Any], lead: int) -> str:
+def _cache_key(
+    attrs: Mapping[str, Any], settings: Mapping[str, Any], lead: int, **extra: Any
+) -> str:
     identity = {
         "format": CACHE_FORMAT,
         "config": attrs.get("config_fingerprint"),
@@ -97,38 +99,30 @@ def _cache_key(attrs: Mapping[str, Any], settings: Mapping[str, Any], lead: int)
         "created": (attrs.get("provenance") or {}).get("created"),
         "settings": dict(settings),
         "lead": int(lead),
+        **extra,
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def default_cache_path(store: str | os.PathLike) -> Path:
-    """``crops.zarr`` -> ``crops.advection.zarr`` beside it."""
+def default_cache_path(store: str | os.PathLike, kind: str = "advection") -> Path:
+    """``crops.zarr`` -> ``crops.advection.zarr`` (``kind``) beside it."""
     store = Path(store)
     stem = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
-    return store.with_name(f"{stem}.advection.zarr")
+    return store.with_name(f"{stem}.{kind}.zarr")
 
 
-class AdvectionCache:
-    """Advected frames of the samples of one nowcast crop store, computed once.
+class FrameCache:
+    """Frames computed once per sample of a nowcast crop store (base of the caches).
 
-    Parameters
-    ----------
-    store
-        The crop store (``geogen-prepare task=nowcast``).
-    settings
-        Advection settings (see :func:`advect`).
-    path
-        The cache store (default :func:`default_cache_path`).
-
-    Notes
-    -----
-    The cache group ``<path>/<key>`` holds ``advected`` ``(sample, lead, y, x)`` float32 mm/h,
-    one sample per chunk, and ``done`` ``(sample,)`` bool (one chunk per flag, so worker
-    processes filling different samples never write the same chunk); ``key`` hashes the crop store's
-    fingerprints and creation time with the settings, so a rebuilt store or other settings
-    never read stale frames.
+    Subclasses set :attr:`kind` (the cache's name and default path suffix), :attr:`label`
+    (progress bar), and implement :meth:`compute` (``(context, y, x)`` mm/h ->
+    ``(*frame_shape, y, x)``); :meth:`key_extra` adds to the cache key what else the frames
+    depend on.
     """
+
+    kind = "frames"
+    label = "frames"
 
     def __init__(
         self,
@@ -142,15 +136,15 @@ class AdvectionCache:
         group = open_crop_store(self.store)
         info = store_info(group)
         if info.task != "nowcast":
-            raise ValueError(f"{self.store}: advection needs a nowcast store, not {info.task!r}")
+            raise ValueError(f"{self.store}: {self.kind} needs a nowcast store, not {info.task!r}")
         self.info = info
-        self.settings = advection_settings(settings)
+        self.settings = self.resolve_settings(settings)
         self.n_samples = int(info.n_samples)
         self.lead = int(info.lead)
         self.context = int(info.context)
         self.size = int(info.crop_size)
-        self.path = Path(path) if path is not None else default_cache_path(self.store)
-        self.key = _cache_key(dict(group.attrs), self.settings, self.lead)
+        self.path = Path(path) if path is not None else default_cache_path(self.store, self.kind)
+        self.key = _cache_key(dict(group.attrs), self.settings, self.lead, **self.key_extra())
         self._arrays: tuple[zarr.Array, zarr.Array] | None = None
         self._pid: int | None = None
 
@@ -173,13 +167,14 @@ class AdvectionCache:
                     "units": "mm/h",
                 }
             )
-            shape = (self.n_samples, self.lead, self.size, self.size)
+            frames = self.frame_shape()
+            shape = (self.n_samples, *frames, self.size, self.size)
             from geogen.io.store import compressor
 
             group.create_array(
-                "advected",
+                self.array_name,
                 shape=shape,
-                chunks=(1, self.lead, self.size, self.size),
+                chunks=(1, *frames, self.size, self.size),
                 dtype="float32",
                 compressors=[compressor()],
                 fill_value=0.0,
@@ -188,7 +183,7 @@ class AdvectionCache:
                 "done", shape=(self.n_samples,), chunks=(1,), dtype="bool", fill_value=False
             )
         group = root[self.key]
-        self._arrays = (group["advected"], group["done"])
+        self._arrays = (group[self.array_name], group["done"])
         self._pid = os.getpid()
         return self._arrays
 
@@ -206,28 +201,81 @@ class AdvectionCache:
         todo = self.missing(indices)
         if todo.size == 0:
             return 0
-        advected, done = self._open()
+        out, done = self._open()
         data = open_crop_store(self.store)[self.info.variable]
-        log.info("advecting %d samples of %s (cache %s)", todo.size, self.store, self.path)
+        log.info("%s: %d samples of %s (cache %s)", self.kind, todo.size, self.store, self.path)
         iterator: Any = todo
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(todo, desc="advection (pysteps)", unit="sample")
+            iterator = tqdm(todo, desc=f"{self.label} {Path(self.store).name}", unit="sample")
         for index in iterator:
             frames = np.asarray(data[int(index)], dtype=np.float32)
-            advected[int(index)] = advect(
-                frames[: self.context],
-                self.lead,
-                timestep_minutes=self.info.timestep_minutes,
-                settings=self.settings,
-            )
+            out[int(index)] = self.compute(frames[: self.context], int(index))
             done[int(index)] = True  # one chunk per flag, written after the frames: resumable
         return int(todo.size)
 
     def read(self, index: int) -> np.ndarray:
-        """``(lead, y, x)`` float32 mm/h of sample ``index`` (computed now if missing)."""
-        advected, done = self._open()
+        """``(*frame_shape, y, x)`` float32 mm/h of sample ``index`` (computed if missing)."""
+        out, done = self._open()
         if not bool(done[int(index)]):
             self.fill([int(index)], progress=False)
-        return np.asarray(advected[int(index)], dtype=np.float32)
+        return np.asarray(out[int(index)], dtype=np.float32)
+
+    # -- what a subclass defines ------------------------------------------------------------
+    array_name = "frames"
+
+    def resolve_settings(self, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The full settings (defaults filled in): part of the cache key."""
+        return dict(settings or {})
+
+    def key_extra(self) -> dict[str, Any]:
+        """What else the frames depend on (added to the cache key)."""
+        return {}
+
+    def frame_shape(self) -> tuple[int, ...]:
+        """Leading axes of one sample's frames (before ``y, x``)."""
+        return (self.lead,)
+
+    def compute(self, context: np.ndarray, index: int) -> np.ndarray:
+        """The frames of sample ``index`` from its ``(context, y, x)`` mm/h frames."""
+        raise NotImplementedError
+
+
+class AdvectionCache(FrameCache):
+    """Advected frames of the samples of one nowcast crop store, computed once.
+
+    Parameters
+    ----------
+    store
+        The crop store (``geogen-prepare task=nowcast``).
+    settings
+        Advection settings (see :func:`advect`).
+    path
+        The cache store (default :func:`default_cache_path`).
+
+    Notes
+    -----
+    The cache group ``<path>/<key>`` holds ``advected`` ``(sample, lead, y, x)`` float32 mm/h,
+    one sample per chunk, and ``done`` ``(sample,)`` bool (one chunk per flag, so worker
+    processes filling different samples never write the same chunk); ``key`` hashes the crop store's
+    fingerprints and creation time with the settings, so a rebuilt store or other settings
+    never read stale frames.
+    """
+
+    kind = "advection"
+    label = "advection (pysteps)"
+    array_name = "advected"
+
+    def resolve_settings(self, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+        """:func:`advection_settings`."""
+        return advection_settings(settings)
+
+    def compute(self, context: np.ndarray, index: int) -> np.ndarray:
+        """:func:`advect` of the sample's context over the store's lead."""
+        return advect(
+            context,
+            self.lead,
+            timestep_minutes=self.info.timestep_minutes,
+            settings=self.settings,
+        )

@@ -94,6 +94,10 @@ class CropDataModule(lightning.LightningDataModule):
         Give every nowcast sample its pysteps advection forecast ``advected`` (see
         :class:`~geogen.data.dataset.CropDataset`): ``True``, or a mapping of settings; the
         frames are computed once per sample at ``setup`` and cached beside each store.
+    steps
+        Give every nowcast sample pysteps STEPS members ``steps`` ``(members, lead, H, W)``
+        (see :class:`~geogen.data.dataset.CropDataset`): ``True`` or a mapping (``members``,
+        ``seed``, ``pysteps_steps`` settings), cached beside each store like ``advection``.
 
     Raises
     ------
@@ -125,6 +129,7 @@ class CropDataModule(lightning.LightningDataModule):
         val_split: str | None = "val",
         test_split: str | None = "test",
         advection: bool | Mapping[str, Any] | None = None,
+        steps: bool | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1:
@@ -138,6 +143,8 @@ class CropDataModule(lightning.LightningDataModule):
         transform = _plain_transform(transform)
         if isinstance(advection, Mapping):
             advection = {str(key): value for key, value in advection.items()}
+        if isinstance(steps, Mapping):
+            steps = {str(key): value for key, value in steps.items()}
         self.save_hyperparameters()
         self.train_dataset: CropDataset | None = None
         self.val_dataset: CropDataset | None = None
@@ -176,6 +183,7 @@ class CropDataModule(lightning.LightningDataModule):
             augment=augment,
             nan_fill=self.hparams.nan_fill,
             advection=self.hparams.get("advection"),
+            steps=self.hparams.get("steps"),
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -239,6 +239,12 @@ class CropDataset(Dataset):
         (``motion``, ``motion_frames``, ``interp_order``, ``outval``), optionally with
         ``cache_dir`` (a folder for the caches instead of beside the stores) and
         ``progress`` (a progress bar while filling, default True).
+    steps
+        Nowcast stores only: also return ``steps``, ``members`` pysteps STEPS members of each
+        sample (model space), computed once per sample and cached beside each store
+        (:class:`~geogen.data.steps.StepsCache`). ``True`` for 4 members with pysteps'
+        defaults, or a mapping with ``members``, ``seed``, ``pysteps_steps`` settings,
+        ``cache_dir`` and ``progress`` (as for ``advection``).
 
     Raises
     ------
@@ -262,7 +268,12 @@ class CropDataset(Dataset):
     - ``t0`` int64 scalar, valid time of the first frame in seconds since 1970-01-01 UTC,
       and ``source`` str, the source the sample was cut from (``mch``, ``fmi``, ...; batches
       hold a list of them), with ``return_metadata``;
-    - ``advected`` ``(lead, H, W)`` with ``advection``: the extrapolation of the context.
+    - ``advected`` ``(lead, H, W)`` with ``advection``: the extrapolation of the context;
+    - ``steps`` ``(members, lead, H, W)`` with ``steps``: STEPS members of the context.
+
+    With ``augment`` the conditioning frames (``advected``, ``steps``) get the same symmetry
+    as the sample: they are forecasts of the same field, and pysteps' extrapolation and STEPS
+    are (statistically) equivariant under rotations and reflections of the grid.
     """
 
     def __init__(
@@ -274,6 +285,7 @@ class CropDataset(Dataset):
         nan_fill: float = 0.0,
         return_metadata: bool = True,
         advection: bool | Mapping[str, Any] | None = None,
+        steps: bool | Mapping[str, Any] | None = None,
     ) -> None:
         self.paths = as_store_paths(path)
         self.split = split
@@ -318,6 +330,7 @@ class CropDataset(Dataset):
             )
         self._transform = resolve_transform(transform, infos)
         self.advection = self._advection_caches(advection)
+        self.steps = self._steps_caches(steps)
         # zarr arrays, opened lazily per process: {store number: (data, lowres or None)}
         self._arrays: dict[int, tuple[zarr.Array, zarr.Array | None]] = {}
         self._pid: int | None = None
@@ -342,6 +355,30 @@ class CropDataset(Dataset):
             if cache_dir is not None:
                 path = Path(cache_dir) / default_cache_path(store).name
             cache = AdvectionCache(store, settings, path=path)
+            cache.fill(self._indices[self._store_ids == number], progress=progress)
+            caches.append(cache)
+        return caches
+
+    def _steps_caches(self, steps: bool | Mapping[str, Any] | None) -> list | None:
+        """One filled :class:`~geogen.data.steps.StepsCache` per store, or None."""
+        if steps is None or steps is False:
+            return None
+        if self.task != "nowcast":
+            raise StoreError(f"STEPS members need nowcast stores; {self.paths[0]} is {self.task}")
+        from geogen.data.advection import default_cache_path
+        from geogen.data.steps import StepsCache
+
+        settings = {} if steps is True else dict(steps)
+        cache_dir = settings.pop("cache_dir", None)
+        progress = bool(settings.pop("progress", True))
+        members = int(settings.pop("members", 4))
+        seed = int(settings.pop("seed", 0))
+        caches = []
+        for number, store in enumerate(self.paths):
+            path = None
+            if cache_dir is not None:
+                path = Path(cache_dir) / default_cache_path(store, "steps").name
+            cache = StepsCache(store, settings, path=path, members=members, seed=seed)
             cache.fill(self._indices[self._store_ids == number], progress=progress)
             caches.append(cache)
         return caches
@@ -463,6 +500,8 @@ class CropDataset(Dataset):
             fields["lowres"] = self._to_model(np.asarray(lowres[index], dtype=np.float32))
         if self.advection is not None:
             fields["advected"] = self._to_model(self.advection[number].read(index))
+        if self.steps is not None:
+            fields["steps"] = self._to_model(self.steps[number].read(index))
         if self.augment:
             op = int(torch.randint(0, 8, ()).item())
             fields = {key: dihedral(value, op) for key, value in fields.items()}
@@ -476,8 +515,9 @@ class CropDataset(Dataset):
             out["lowres"] = fields.pop("lowres")
             out["target"] = sequence
         out["mask"] = fields.pop("mask")
-        if "advected" in fields:
-            out["advected"] = fields.pop("advected")
+        for name in ("advected", "steps"):
+            if name in fields:
+                out[name] = fields.pop(name)
         out["sample_prob"] = torch.tensor(self._sample_prob[position], dtype=torch.float32)
         out["index"] = torch.tensor(index, dtype=torch.int64)
         out["store"] = torch.tensor(number, dtype=torch.int64)

@@ -111,6 +111,7 @@ FORECASTERS: Registry[Forecaster] = Registry(
         "geogen.baselines.pysteps_methods",
         "geogen.forecasting.learned",
         "geogen.forecasting.dgmr_advect",
+        "geogen.forecasting.dgmr_steps",
         "geogen.forecasting.vae",
         "geogen.forecasting.flow",
     ),

@@ -32,6 +32,7 @@ def ensemble_crps(
     *,
     fair: bool = True,
     mask: torch.Tensor | None = None,
+    alpha: float | None = None,
 ) -> torch.Tensor:
     """Mean CRPS of an ensemble of ``S`` samples against ``target``, per pixel.
 
@@ -47,6 +48,11 @@ def ensemble_crps(
     mask
         ``shape`` bool, False where the target is missing (those pixels are left out of the
         mean).
+    alpha
+        The *almost fair* CRPS of AIFS-CRPS (Lang et al. 2024): ``alpha`` x fair CRPS +
+        ``(1 - alpha)`` x the CRPS of the empirical distribution (overrides ``fair``;
+        ``0.95`` keeps the fair estimate's unbiasedness almost whole while its gradient no
+        longer vanishes when two members coincide).
 
     Returns
     -------
@@ -59,14 +65,23 @@ def ensemble_crps(
             f"target of {tuple(target.shape)}"
         )
     s = samples.shape[0]
-    if fair and s < 2:
+    if alpha is not None:
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if s < 2 and float(alpha) > 0:
+            raise ValueError("the almost fair CRPS needs at least 2 samples")
+    elif fair and s < 2:
         raise ValueError("the fair CRPS needs at least 2 samples")
     skill = (samples - target.unsqueeze(0)).abs().mean(dim=0)
     # sum over ordered pairs |x_i - x_j| = 2 * sum over i < j
     pairs = torch.zeros_like(skill)
     for i in range(s - 1):
         pairs = pairs + (samples[i + 1 :] - samples[i].unsqueeze(0)).abs().sum(dim=0)
-    spread = pairs / (s * (s - 1) if fair else s * s)
+    if alpha is not None:
+        a = float(alpha)
+        spread = pairs * ((a / (s * (s - 1)) if s > 1 else 0.0) + (1.0 - a) / (s * s))
+    else:
+        spread = pairs / (s * (s - 1) if fair else s * s)
     crps = skill - spread
     if mask is None:
         return crps.mean()
@@ -81,6 +96,7 @@ def pooled_crps(
     *,
     fair: bool = True,
     mask: torch.Tensor | None = None,
+    alpha: float | None = None,
 ) -> torch.Tensor:
     """The mean over ``pools`` of the CRPS of ``k x k`` average-pooled fields.
 
@@ -92,7 +108,7 @@ def pooled_crps(
         ``(batch, lead, y, x)``.
     pools
         Window sides (1: the pixels themselves); non-overlapping windows (stride ``k``).
-    fair, mask
+    fair, mask, alpha
         As :func:`ensemble_crps`; with pooling, a window counts when it has valid pixels, and
         missing pixels should be filled with the same value in samples and target.
 
@@ -112,14 +128,14 @@ def pooled_crps(
         if k < 1:
             raise ValueError(f"pool sizes must be >= 1, got {k}")
         if k == 1:
-            terms.append(ensemble_crps(samples, target, fair=fair, mask=mask))
+            terms.append(ensemble_crps(samples, target, fair=fair, mask=mask, alpha=alpha))
             continue
         pooled = F.avg_pool2d(samples.flatten(0, 1), k).unflatten(0, (s, target.shape[0]))
         pooled_target = F.avg_pool2d(target, k)
         pooled_mask = None
         if mask is not None:
             pooled_mask = F.avg_pool2d(mask.to(target.dtype), k) > 0
-        terms.append(ensemble_crps(pooled, pooled_target, fair=fair, mask=pooled_mask))
+        terms.append(ensemble_crps(pooled, pooled_target, fair=fair, mask=pooled_mask, alpha=alpha))
     return torch.stack(terms).mean()
 
 

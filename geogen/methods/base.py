@@ -113,6 +113,27 @@ def _advection_spec(advection: Any) -> dict[str, Any] | None:
     return advection_settings(settings)
 
 
+def _steps_spec(steps: Any, info: Any) -> dict[str, Any] | None:
+    """The STEPS conditioning of a data module as plain data (``None``: none).
+
+    ``{"members", "seed", "settings"}`` with the ``pysteps_steps`` settings resolved (and the
+    store's pixel size as ``kmperpixel`` when not set), so a forecaster runs the same STEPS.
+    """
+    if steps is None or steps is False:
+        return None
+    spec = {} if steps is True else dict(plain(steps))
+    for key in ("cache_dir", "progress", "n_workers"):
+        spec.pop(key, None)
+    members = int(spec.pop("members", 4))
+    seed = int(spec.pop("seed", 0))
+    from geogen.data.steps import steps_settings, store_pixel_km
+
+    settings = steps_settings(spec)
+    if settings.get("kmperpixel") is None:
+        settings["kmperpixel"] = store_pixel_km(getattr(info, "attrs", {}) or {})
+    return {"members": members, "seed": seed, "settings": settings}
+
+
 class GeogenMethod(lightning.LightningModule):
     """Base of geogen's training recipes (LightningModules).
 
@@ -194,6 +215,7 @@ class GeogenMethod(lightning.LightningModule):
             "store": str(info.path),
             "stores": [str(p) for p in as_store_paths(hparams.get("path") or info.path)],
             "advection": _advection_spec(hparams.get("advection")),
+            "steps": _steps_spec(hparams.get("steps"), info),
         }
 
     def check_data(self, data: Mapping[str, Any]) -> None:

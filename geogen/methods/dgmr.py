@@ -53,6 +53,7 @@ from geogen.losses import (
     grid_cell_regulariser,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    log_spectral_distance,
     pooled_crps,
 )
 from geogen.methods.base import NowcastMethod, OptimizerFactory, StagedEvaluation
@@ -88,6 +89,13 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         Average-pooling window sides over which the CRPS is averaged (``[1]``: pixels).
     crps_space
         ``"physical"`` (mm/h, the units of the scores) or ``"model"`` (after the transform).
+    crps_alpha
+        ``None``: the fair CRPS; a number in ``[0, 1]``: the almost fair CRPS of AIFS-CRPS
+        (``alpha`` x fair + ``(1 - alpha)`` x empirical; 0.95 in AIFS-CRPS), whose gradient
+        does not vanish when members coincide.
+    spectral_lambda
+        Weight of the log spectral distance of the samples' member-mean power spectrum to the
+        observed one (:func:`geogen.losses.log_spectral_distance`, mm/h; 0: off).
     train_crop
         Train on a random ``train_crop`` square of each batch (``None``: the whole crop). The
         generator is fully convolutional, so smaller windows train faster on a CPU.
@@ -115,6 +123,8 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         crps_lambda: float = 0.0,
         crps_pools: list[int] | tuple[int, ...] = (1,),
         crps_space: str = "physical",
+        crps_alpha: float | None = None,
+        spectral_lambda: float = 0.0,
         train_crop: int | None = None,
         val_samples: int = 6,
         val_threshold: float = 1.0,
@@ -132,8 +142,13 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
             )
         if crps_space not in ("physical", "model"):
             raise ValueError(f"crps_space must be 'physical' or 'model', not {crps_space!r}")
-        if crps_lambda < 0 or grid_lambda < 0:
-            raise ValueError(f"crps_lambda ({crps_lambda}), grid_lambda ({grid_lambda}) < 0")
+        if crps_lambda < 0 or grid_lambda < 0 or spectral_lambda < 0:
+            raise ValueError(
+                f"crps_lambda ({crps_lambda}), grid_lambda ({grid_lambda}) or spectral_lambda "
+                f"({spectral_lambda}) < 0"
+            )
+        if crps_alpha is not None and not 0.0 <= float(crps_alpha) <= 1.0:
+            raise ValueError(f"crps_alpha must be in [0, 1] or null, got {crps_alpha}")
         if crps_lambda > 0 and (num_samples < 2 or val_samples < 2):
             raise ValueError("the ensemble CRPS needs num_samples >= 2 and val_samples >= 2")
         if crps_lambda == 0 and grid_lambda == 0 and disc_steps == 0:
@@ -291,10 +306,13 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         physical = stacked if self._identity else self.transform.inverse(stacked)
         physical_target = target if self._identity else self.transform.inverse(target)
         fair = num_samples > 1  # one sample: its MAE, the CRPS of a one-member ensemble
+        alpha = hp.get("crps_alpha") if fair else None
         if hp.crps_space == "physical":
-            crps = pooled_crps(physical, physical_target, hp.crps_pools, mask=mask, fair=fair)
+            crps = pooled_crps(
+                physical, physical_target, hp.crps_pools, mask=mask, fair=fair, alpha=alpha
+            )
         else:
-            crps = pooled_crps(stacked, target, hp.crps_pools, mask=mask, fair=fair)
+            crps = pooled_crps(stacked, target, hp.crps_pools, mask=mask, fair=fair, alpha=alpha)
         adversarial = (
             hinge_generator_loss(torch.cat(fake_scores))
             if adversarial_on
@@ -303,6 +321,10 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         loss = adversarial + hp.grid_lambda * grid
         if hp.crps_lambda > 0:
             loss = loss + hp.crps_lambda * crps
+        spectral = torch.zeros((), device=target.device, dtype=target.dtype)
+        if hp.get("spectral_lambda", 0.0) > 0:
+            spectral = log_spectral_distance(physical, physical_target)
+            loss = loss + hp.spectral_lambda * spectral
         with torch.no_grad():
             diagnostics = ensemble_spread_skill(physical.detach(), physical_target)
         return {
@@ -310,6 +332,7 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
             "g_adversarial": adversarial,
             "grid_reg": grid,
             "crps": crps.detach(),
+            "spectral": spectral.detach(),
             **diagnostics,
             "first_sample": samples[0].detach(),
         }
@@ -336,6 +359,7 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
             "train/g_adversarial": g["g_adversarial"].detach(),
             "train/grid_reg": g["grid_reg"].detach(),
             "train/crps": g["crps"],
+            "train/spectral": g["spectral"],
             "train/spread": g["spread"],
             "train/rmse": g["rmse"],
             "train/spread_skill": g["spread_skill"],
@@ -381,7 +405,7 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
         zero = torch.zeros((), device=forecast.device)
         self.val_csi.update(torch.where(mask, forecast, zero), torch.where(mask, observed, zero))
         batch_size = context.shape[0]
-        for key in ("g_loss", "grid_reg", "crps", "spread", "rmse", "spread_skill"):
+        for key in ("g_loss", "grid_reg", "crps", "spectral", "spread", "rmse", "spread_skill"):
             metrics[f"{stage}/{key}"] = g[key]
         self.log_dict(metrics, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/csi", self.val_csi, batch_size=batch_size, on_epoch=True)
@@ -446,3 +470,117 @@ class DGMRAdvectMethod(DGMRMethod):
                 f"{data.get('store')}: the generator is conditioned on the advected frames; "
                 "set data.advection=true"
             )
+
+
+class DGMRStepsMethod(DGMRAdvectMethod):
+    """:class:`DGMRMethod` for generators conditioned on STEPS members (``dgmr_steps``).
+
+    The network's generator is a :class:`~geogen.models.dgmr_steps.StepsGenerator`; the
+    data module gives every sample ``K`` cached STEPS members (``data.steps``, ``(batch, K,
+    lead, y, x)``) besides the advected frames. Sample ``i`` of a step (``num_samples`` of
+    them, at most ``K``) reads STEPS member ``order[i]``: a random permutation of the ``K``
+    members in training (so the ensemble's members differ, as the fair CRPS assumes), the
+    members in order in validation and test (seeded, reproducible). Checkpoints are read by
+    ``geogen-forecast model=dgmr_steps``, which runs STEPS with the settings recorded in the
+    checkpoint and gives forecast member ``m`` STEPS member ``m``.
+    """
+
+    model_name = "dgmr_steps"
+
+    def check_data(self, data: Mapping[str, Any]) -> None:
+        """As :class:`DGMRAdvectMethod`, and the batches must carry enough STEPS members."""
+        super().check_data(data)
+        if "steps" not in self.conditions:
+            raise ValueError(
+                "DGMRStepsMethod trains a generator conditioned on STEPS members "
+                "(geogen.models.dgmr_steps.StepsGenerator)"
+            )
+        spec = data.get("steps")
+        if not spec:
+            raise ValueError(
+                f"{data.get('store')}: the generator reads STEPS members; set data.steps "
+                "(e.g. data.steps.members=4)"
+            )
+        hp = self.hparams
+        members = int(spec.get("members", 0))
+        if max(hp.num_samples, hp.val_samples) > members:
+            raise ValueError(
+                f"num_samples ({hp.num_samples}) and val_samples ({hp.val_samples}) must not "
+                f"exceed the {members} cached STEPS members (data.steps.members)"
+            )
+
+    def _inputs(
+        self, batch: Mapping[str, torch.Tensor], crop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :class:`DGMRMethod`; draws the order in which samples read the STEPS members."""
+        out = super()._inputs(batch, crop=crop)
+        k = self._batch_conditions["steps"].shape[1]
+        # training: a random order (torch's global stream, like the crop window); evaluation:
+        # members in order, so validation never touches the training's random streams
+        self._member_order = torch.randperm(k).tolist() if crop else list(range(k))
+        self._member_cursor = 0
+        return out
+
+    def _generate(
+        self, context: torch.Tensor, leads: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One sample per example, from the next STEPS member of the batch's order."""
+        conditions = dict(self._batch_conditions)
+        steps = conditions.pop("steps")
+        order = self._member_order
+        member = order[self._member_cursor % len(order)]
+        self._member_cursor += 1
+        return self.network.generator(
+            context, leads, generator=generator, steps=steps[:, member], **conditions
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        context: torch.Tensor,
+        members: int = 1,
+        leads: int | None = None,
+        generator: torch.Generator | None = None,
+        **conditions: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(batch, members, lead, y, x)`` samples in model space.
+
+        ``steps`` ``(batch, K >= members, lead, y, x)`` and ``advected`` come from
+        ``conditions`` when given, else are computed from ``context`` with pysteps (STEPS
+        with the data module's settings, seeded from ``generator``'s initial seed).
+        """
+        leads = leads or self.data_info.get("lead") or self.network.generator.lead_frames
+        if "advected" not in conditions:
+            conditions["advected"] = self.advect(context, leads)
+        if "steps" not in conditions:
+            seed = int(generator.initial_seed()) if generator is not None else 0
+            conditions["steps"] = self.steps_members(context, leads, members, seed)
+        steps = conditions.pop("steps")
+        if steps.shape[1] < members:
+            raise ValueError(f"{members} members asked for, {steps.shape[1]} STEPS members given")
+        out = [
+            self.network.generator(context, leads, steps=steps[:, m], **conditions)
+            for m in range(members)
+        ]
+        return torch.stack(out, dim=1)
+
+    def steps_members(
+        self, context: torch.Tensor, leads: int, members: int, seed: int
+    ) -> torch.Tensor:
+        """STEPS members of model-space ``context`` ``(B, T, H, W)``: ``(B, K, L, H, W)``."""
+        from geogen.data.steps import steps_members
+
+        spec = self.data_info.get("steps") or {}
+        settings = dict(spec.get("settings") or {})
+        rain = self.transform.inverse(context.float()).cpu().numpy()
+        step = float(self.data_info.get("timestep_minutes") or 5.0)
+        frames = np.stack(
+            [
+                steps_members(
+                    r, leads, members, seed=seed + i, timestep_minutes=step, settings=settings
+                )
+                for i, r in enumerate(rain)
+            ]
+        )
+        values = self.transform.forward(torch.from_numpy(frames))
+        return values.to(device=context.device, dtype=context.dtype)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 #: Forecasters that run a checkpoint (shipped ones need no ``ckpt``) and take device settings.
-LEARNED_FORECASTERS = ("dgmr", "dgmr_advect", "vae", "flow")
+LEARNED_FORECASTERS = ("dgmr", "dgmr_advect", "dgmr_steps", "vae", "flow")
 
 
 class PlotSettings(BaseModel):
