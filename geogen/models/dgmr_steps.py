@@ -93,9 +93,7 @@ class StepsGenerator(nn.Module):
         n_in = 5
         self.fine = nn.Sequential(_conv(n_in, c), nn.GELU(), _conv(c, c), nn.GELU())
         self.mid = nn.Sequential(_conv(n_in, 2 * c), nn.GELU(), _conv(2 * c, 2 * c), nn.GELU())
-        self.coarse = nn.Sequential(
-            _conv(2 * c, 2 * c), nn.GELU(), _conv(2 * c, 2 * c), nn.GELU()
-        )
+        self.coarse = nn.Sequential(_conv(2 * c, 2 * c), nn.GELU(), _conv(2 * c, 2 * c), nn.GELU())
         self.merge = nn.Sequential(_conv(2 * c, 2 * c), nn.GELU())
         self.head = nn.Sequential(nn.Conv2d(3 * c, c, 1), nn.GELU(), nn.Conv2d(c, 1, 1))
         # stored divided by GAIN_RATE: a 20x learning rate for this one number (Adam moves a
