@@ -56,7 +56,7 @@ from geogen.losses import (
     log_spectral_distance,
     pooled_crps,
 )
-from geogen.methods.base import NowcastMethod, OptimizerFactory, StagedEvaluation
+from geogen.methods.base import NowcastMethod, OptimizerFactory, StagedEvaluation, plain
 from geogen.models.dgmr import DGMR
 
 log = logging.getLogger(__name__)
@@ -487,6 +487,21 @@ class DGMRStepsMethod(DGMRAdvectMethod):
 
     model_name = "dgmr_steps"
 
+    def __init__(self, *args: Any, train_leads: int | None = None, **kwargs: Any) -> None:
+        """As :class:`DGMRMethod`; ``train_leads``: lead frames drawn per training step.
+
+        The generator forecasts every lead on its own (no recurrence), so a training step on
+        ``train_leads`` randomly drawn leads (``None``: all) is an unbiased estimate of the
+        all-lead loss at a fraction of the cost.
+        """
+        if train_leads is not None and int(train_leads) < 1:
+            raise ValueError(f"train_leads must be >= 1 or null, got {train_leads}")
+        # plain values: Lightning saves this frame's arguments too (checkpoints load with
+        # weights_only=True, which refuses OmegaConf containers)
+        kwargs = {key: plain(value) for key, value in kwargs.items()}
+        super().__init__(*args, **kwargs)
+        self._lead_index: torch.Tensor | None = None
+
     def check_data(self, data: Mapping[str, Any]) -> None:
         """As :class:`DGMRAdvectMethod`, and the batches must carry enough STEPS members."""
         super().check_data(data)
@@ -513,13 +528,22 @@ class DGMRStepsMethod(DGMRAdvectMethod):
         self, batch: Mapping[str, torch.Tensor], crop: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :class:`DGMRMethod`; draws the order in which samples read the STEPS members."""
-        out = super()._inputs(batch, crop=crop)
+        context, target, mask = super()._inputs(batch, crop=crop)
+        self._lead_index = None
+        n_leads = self.hparams.get("train_leads")
+        if crop and n_leads and int(n_leads) < target.shape[1]:
+            index = torch.randperm(target.shape[1])[: int(n_leads)].sort().values
+            target, mask = target[:, index], mask[:, index]
+            conditions = self._batch_conditions
+            conditions["advected"] = conditions["advected"][:, index]
+            conditions["steps"] = conditions["steps"][:, :, index]
+            self._lead_index = index.to(target.device)
         k = self._batch_conditions["steps"].shape[1]
         # training: a random order (torch's global stream, like the crop window); evaluation:
         # members in order, so validation never touches the training's random streams
         self._member_order = torch.randperm(k).tolist() if crop else list(range(k))
         self._member_cursor = 0
-        return out
+        return context, target, mask
 
     def _generate(
         self, context: torch.Tensor, leads: int, generator: torch.Generator | None = None
@@ -531,7 +555,12 @@ class DGMRStepsMethod(DGMRAdvectMethod):
         member = order[self._member_cursor % len(order)]
         self._member_cursor += 1
         return self.network.generator(
-            context, leads, generator=generator, steps=steps[:, member], **conditions
+            context,
+            leads,
+            generator=generator,
+            steps=steps[:, member],
+            lead_index=self._lead_index,
+            **conditions,
         )
 
     @torch.no_grad()

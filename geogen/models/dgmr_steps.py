@@ -118,6 +118,7 @@ class StepsGenerator(nn.Module):
         steps: torch.Tensor | None = None,
         advected: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        lead_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Forecast one member per example from its STEPS member.
 
@@ -136,6 +137,10 @@ class StepsGenerator(nn.Module):
         generator
             Unused (the member's randomness is its STEPS member); accepted for the common
             generator interface.
+        lead_index
+            ``(lead,)`` 0-based lead numbers of the frames given (default ``0 .. lead - 1``).
+            Leads are forecast independently (the network is shared over leads and has no
+            recurrence), so training can draw a few leads per step.
 
         Returns
         -------
@@ -165,8 +170,12 @@ class StepsGenerator(nn.Module):
         steps = steps.to(context.dtype)
         last = context[:, -1:].expand(b, leads, h, w)
         trend = (context[:, -1:] - context[:, -2:-1]).expand(b, leads, h, w)
-        lead = torch.arange(1, leads + 1, device=context.device, dtype=context.dtype)
-        lead = (lead / self.lead_frames).view(1, leads, 1, 1).expand(b, leads, h, w)
+        if lead_index is None:
+            lead_index = torch.arange(leads, device=context.device)
+        elif tuple(lead_index.shape) != (leads,):
+            raise ValueError(f"lead_index must be ({leads},), got {tuple(lead_index.shape)}")
+        lead = (lead_index.to(context.device, context.dtype) + 1) / self.lead_frames
+        lead = lead.view(1, leads, 1, 1).expand(b, leads, h, w)
         inputs = torch.stack([steps, advected.to(context.dtype), last, trend, lead], dim=2)
         residual = self.residual(inputs.flatten(0, 1)).unflatten(0, (b, leads))
         out = steps + GAIN_RATE * self.residual_gain * residual

@@ -84,6 +84,25 @@ def test_an_untrained_generator_is_its_steps_member():
     assert not torch.allclose(changed, other)
 
 
+def test_leads_are_forecast_independently_so_training_can_draw_a_few():
+    torch.manual_seed(0)
+    net = StepsGenerator(context_frames=4, lead_frames=LEAD, base_channels=2)
+    with torch.no_grad():
+        net.residual_gain.fill_(1.0 / GAIN_RATE)
+    context, steps, advected = (
+        torch.rand(1, 4, 32, 32),
+        torch.rand(1, LEAD, 32, 32),
+        torch.rand(1, LEAD, 32, 32),
+    )
+    full = net(context, steps=steps, advected=advected)
+    index = torch.tensor([1, 4])
+    part = net(context, steps=steps[:, index], advected=advected[:, index], lead_index=index)
+    torch.testing.assert_close(part, full[:, index])
+    # the lead number matters: the same frames read as other leads give another residual
+    other = net(context, steps=steps[:, index], advected=advected[:, index])
+    assert not torch.allclose(other, part)
+
+
 def test_generator_input_errors():
     net = StepsGenerator(context_frames=4, lead_frames=LEAD, base_channels=2)
     context = torch.rand(1, 4, 32, 32)
@@ -224,6 +243,7 @@ TINY = (
     "method.num_samples=2",
     "method.val_samples=2",
     "method.train_crop=32",
+    "method.train_leads=3",
     "method.crps_pools=[1,4]",
     "data.batch_size=2",
     "data.advection={progress:false}",
