@@ -120,6 +120,7 @@ class ScoringSettings(_Strict):
             "spread_skill",
             "continuous",
             "rapsd",
+            "spectral_bands",
         ]
     )
     thresholds: list[float] = Field(default_factory=lambda: [0.5, 1, 2, 4, 8, 16])
@@ -368,6 +369,9 @@ class Scorer:
 
     def _result(self, metadata: Mapping[str, Any] | None) -> ScoreResult:
         boot = self.settings.bootstrap
+        for metric in self.metrics.values():  # grid-aware metrics (spectral_bands): km per pixel
+            if getattr(metric, "pixel_km", False) is None and self.pixel_size_km:
+                metric.pixel_km = float(self.pixel_size_km)
         rows: list[dict[str, Any]] = []
         curves: list[dict[str, Any]] = []
         draws_by_key: dict[tuple[str, ScoreKey], dict[int, np.ndarray]] = {}
