@@ -142,24 +142,29 @@ def resolve_checkpoint_monitor(cfg: DictConfig) -> str | None:
 
     The method class (``cfg.method._target_``) names it in :attr:`~geogen.methods.base.
     GeogenMethod.val_monitor` (e.g. ``("val/crps", "min")``); a method without one gets
-    ``monitor: null`` (the latest checkpoints are kept). Explicit names are left alone.
+    ``monitor: null``. Explicit names are left alone. Without a monitor, ``model_checkpoint``
+    keeps the latest checkpoints and writes ``last.ckpt`` itself, and the separate
+    ``last_checkpoint`` callback is dropped (two unmonitored checkpoint callbacks clash).
 
     Returns
     -------
     The monitored name (None when no checkpoint selection happens).
     """
-    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    callbacks = cfg.get("callbacks") or {}
+    node = callbacks.get("model_checkpoint")
     if node is None:
         return None
-    if node.get("monitor") != "auto":
-        return node.get("monitor")
-    from hydra.utils import get_class
-
-    target = cfg.method._target_ if cfg.get("method") is not None else None
-    choice = getattr(get_class(target), "val_monitor", None) if target else None
     with open_dict(cfg):
-        node.monitor, node.mode = choice if choice else (None, node.get("mode", "min"))
-    log.info("checkpoints selected on %s (%s)", node.monitor, node.mode)
+        if node.get("monitor") == "auto":
+            from hydra.utils import get_class
+
+            target = cfg.method._target_ if cfg.get("method") is not None else None
+            choice = getattr(get_class(target), "val_monitor", None) if target else None
+            node.monitor, node.mode = choice if choice else (None, node.get("mode", "min"))
+        if node.get("monitor") is None and callbacks.get("last_checkpoint") is not None:
+            node.save_last = True
+            callbacks.last_checkpoint = None
+    log.info("checkpoints selected on %s (%s)", node.monitor, node.get("mode"))
     return node.monitor
 
 

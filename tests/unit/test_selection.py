@@ -80,6 +80,39 @@ def test_best_validation_checkpoint_is_kept_and_test_is_not_read(store, tmp_path
     assert last["epoch"] == val.index.max()  # last.ckpt follows the run (for resuming)
     last = last["state_dict"]
     assert not torch.equal(best["state_dict"]["network.conv.weight"], last["network.conv.weight"])
+    # benchmarks/bench_skill.py scores the same file, found from last.ckpt alone
+    assert bench_skill().best_val_checkpoint(Path(result.last_checkpoint)) == Path(
+        result.best_checkpoint
+    )
+
+
+def bench_skill():
+    """``benchmarks/bench_skill.py`` as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_skill.py"
+    spec = importlib.util.spec_from_file_location("bench_skill", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_refuses_a_run_without_validation_selection(store, tmp_path):
+    cfg = compose_train_config(
+        [
+            SEARCHPATH,
+            "experiment=toy",
+            f"data.path={store}",
+            "trainer.limit_train_batches=1",
+            "callbacks.model_checkpoint.monitor=null",
+            "~callbacks.panels",
+        ],
+        output_dir=tmp_path,
+    )
+    result = run_train(cfg)
+    with pytest.raises(SystemExit, match="no checkpoint selected on a val/ score"):
+        bench_skill().best_val_checkpoint(Path(result.last_checkpoint))
+    assert bench_skill().checkpoint_model(result.last_checkpoint) == "toy"
 
 
 def test_explicit_monitor_and_methods_without_one(store, tmp_path):
@@ -106,6 +139,9 @@ def test_explicit_monitor_and_methods_without_one(store, tmp_path):
     )
     assert resolve_checkpoint_monitor(bare) is None
     assert bare.callbacks.model_checkpoint.monitor is None
+    # no selection: model_checkpoint writes last.ckpt itself, the extra callback is dropped
+    assert bare.callbacks.model_checkpoint.save_last is True
+    assert bare.callbacks.last_checkpoint is None
 
 
 @pytest.mark.parametrize(
