@@ -150,7 +150,14 @@ def format_spectral_table(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for _, row in table.iterrows():
         cells = [f"`{row['model']}`", f"+{int(row['lead_time'])} min"]
-        cells += [f"{row[c]:+.3f}" if np.isfinite(row[c]) else "n/a" for c in columns]
+        cells += [
+            "n/a"
+            if not np.isfinite(row[c])
+            else f"{row[c]:.3f}"
+            if c == "max_abs"
+            else f"{row[c]:+.3f}"
+            for c in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
