@@ -97,6 +97,30 @@ def bench_skill():
     return module
 
 
+def test_last_ckpt_records_a_best_found_at_the_last_epoch(store, tmp_path):
+    """last.ckpt is written after the selecting callback has seen the epoch's score, so the
+    best it records is current even when the last epoch is the best (5 epochs: it is here)."""
+    cfg = compose_train_config(
+        [
+            SEARCHPATH,
+            "experiment=toy",
+            f"data.path={store}",
+            "trainer.max_epochs=5",
+            "trainer.limit_train_batches=2",
+            "optimizer.lr=0.05",
+            "~callbacks.panels",
+        ],
+        output_dir=tmp_path,
+    )
+    result = run_train(cfg)
+    val = pd.read_csv(tmp_path / "csv" / "metrics.csv").dropna(subset=["val/loss"])
+    assert int(val.set_index("epoch")["val/loss"].idxmin()) == 4
+    assert Path(result.best_checkpoint).name.startswith("epoch_004-")
+    assert bench_skill().best_val_checkpoint(Path(result.last_checkpoint)) == Path(
+        result.best_checkpoint
+    )
+
+
 def test_bench_refuses_a_run_without_validation_selection(store, tmp_path):
     cfg = compose_train_config(
         [
