@@ -499,7 +499,7 @@ def main() -> None:
             paired_table(summary, labels),
             "Spectral realism, mean log10(P_member / P_observed) per wavelength band:",
             spectral_table(summary, labels),
-            "Targets (issue 17), test split, weights chosen on validation:",
+            "Targets (issue 17), test split (trained runs: their best validation checkpoint):",
             targets_table(checks, labels),
         ]
     )
