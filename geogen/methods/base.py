@@ -158,10 +158,14 @@ class GeogenMethod(lightning.LightningModule):
     Notes
     -----
     Subclasses set :attr:`model_name` (the name of the forecaster that reads their checkpoints)
-    and may override :meth:`check_data` to refuse stores they cannot train on.
+    and :attr:`val_monitor` (the validation score that chooses the weights), and may override
+    :meth:`check_data` to refuse stores they cannot train on.
     """
 
     model_name: ClassVar[str] = ""
+    #: ``(logged name, "min" | "max")``: the validation score that ``ModelCheckpoint(monitor=
+    #: "auto")`` (conf/callbacks/default.yaml) selects the weights on; None: no selection.
+    val_monitor: ClassVar[tuple[str, str] | None] = None
 
     def __init__(
         self,

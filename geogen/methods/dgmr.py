@@ -110,6 +110,7 @@ class DGMRMethod(StagedEvaluation, NowcastMethod):
     """
 
     model_name = "dgmr"
+    val_monitor = ("val/crps", "min")
 
     def __init__(
         self,

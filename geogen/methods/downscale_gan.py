@@ -69,6 +69,7 @@ class DownscaleMethod(StagedEvaluation, GeogenMethod):
         Seed of the validation noise.
     """
 
+    val_monitor = ("val/mse", "min")
     deterministic = False
 
     def __init__(

@@ -110,6 +110,7 @@ class FlowNowcastMethod(_FlowMixin, StagedEvaluation, NowcastMethod):
     """
 
     model_name = "flow"
+    val_monitor = ("val/bpd", "min")
 
     def __init__(
         self,
@@ -243,6 +244,7 @@ class FlowDownscaleMethod(_FlowMixin, StagedEvaluation, GeogenMethod):
     """
 
     model_name = "flow"
+    val_monitor = ("val/bpd", "min")
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class _VAEMethod(StagedEvaluation, GeogenMethod):
     """The ELBO, KL warm-up and logging that both conditional VAEs share."""
 
     model_name = "vae"
+    val_monitor = ("val/nll", "min")
     condition_key = ""
 
     def __init__(

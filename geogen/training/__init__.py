@@ -15,6 +15,7 @@ from geogen.training.run import (
     available_experiments,
     build_training,
     compose_train_config,
+    resolve_checkpoint_monitor,
     run_train,
     validate_train_config,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "available_experiments",
     "build_training",
     "compose_train_config",
+    "resolve_checkpoint_monitor",
     "run_train",
     "validate_train_config",
 ]

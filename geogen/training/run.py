@@ -137,6 +137,37 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise TrainingError("nothing to do: train=false and test=false")
 
 
+def resolve_checkpoint_monitor(cfg: DictConfig) -> str | None:
+    """Replace ``callbacks.model_checkpoint.monitor: auto`` by the method's validation score.
+
+    The method class (``cfg.method._target_``) names it in :attr:`~geogen.methods.base.
+    GeogenMethod.val_monitor` (e.g. ``("val/crps", "min")``); a method without one gets
+    ``monitor: null``. Explicit names are left alone. Without a monitor, ``model_checkpoint``
+    keeps the latest checkpoints and writes ``last.ckpt`` itself, and the separate
+    ``last_checkpoint`` callback is dropped (two unmonitored checkpoint callbacks clash).
+
+    Returns
+    -------
+    The monitored name (None when no checkpoint selection happens).
+    """
+    callbacks = cfg.get("callbacks") or {}
+    node = callbacks.get("model_checkpoint")
+    if node is None:
+        return None
+    with open_dict(cfg):
+        if node.get("monitor") == "auto":
+            from hydra.utils import get_class
+
+            target = cfg.method._target_ if cfg.get("method") is not None else None
+            choice = getattr(get_class(target), "val_monitor", None) if target else None
+            node.monitor, node.mode = choice if choice else (None, node.get("mode", "min"))
+        if node.get("monitor") is None and callbacks.get("last_checkpoint") is not None:
+            node.save_last = True
+            callbacks.last_checkpoint = None
+    log.info("checkpoints selected on %s (%s)", node.monitor, node.get("mode"))
+    return node.monitor
+
+
 def _instantiate_all(node: Mapping[str, Any] | None) -> list[Any]:
     from hydra.utils import instantiate
 
@@ -153,6 +184,7 @@ def build_training(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """
     from hydra.utils import instantiate
 
+    resolve_checkpoint_monitor(cfg)
     datamodule = instantiate(cfg.data)
     network = instantiate(cfg.network)
     optimizer = None
@@ -181,6 +213,21 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _checkpoint_paths(trainer: Any) -> tuple[str | None, str | None]:
+    """``(best, last)``: the best of the checkpoint callback with a monitor, and the latest.
+
+    The latest is a callback's ``last.ckpt`` (``save_last``), else the newest file that a
+    callback without a monitor keeps (``conf/callbacks/default.yaml``: ``last_checkpoint``).
+    """
+    callbacks = list(getattr(trainer, "checkpoint_callbacks", []) or [])
+    best = next((cb.best_model_path for cb in callbacks if cb.monitor and cb.best_model_path), None)
+    last = next((cb.last_model_path for cb in callbacks if cb.last_model_path), None)
+    if last is None:
+        latest = [cb.best_model_path for cb in callbacks if not cb.monitor and cb.best_model_path]
+        last = max(latest, key=os.path.getmtime, default=None)
+    return best, last
+
+
 def run_train(cfg: DictConfig) -> TrainResult:
     """Validate, build, fit (and test); return the checkpoints and the last metrics.
 
@@ -192,6 +239,7 @@ def run_train(cfg: DictConfig) -> TrainResult:
     import lightning
 
     validate_train_config(cfg)
+    resolve_checkpoint_monitor(cfg)
     output_dir = Path(str(cfg.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -215,9 +263,7 @@ def run_train(cfg: DictConfig) -> TrainResult:
     if cfg.get("train", True):
         trainer.fit(method, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = _scalars(trainer.callback_metrics)
-    checkpoint = trainer.checkpoint_callback
-    best = getattr(checkpoint, "best_model_path", "") or None
-    last = getattr(checkpoint, "last_model_path", "") or None
+    best, last = _checkpoint_paths(trainer)
     test_metrics: list[dict[str, float]] = []
     if cfg.get("test", False):
         ckpt = best or last or cfg.get("ckpt_path")

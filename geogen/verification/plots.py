@@ -245,7 +245,7 @@ def plot_rapsd(
     """Radially averaged power spectra of forecasts (member mean) and observations."""
     plt = _pyplot()
     data = diagrams[diagrams["diagram"].isin(["rapsd_forecast", "rapsd_observation"])]
-    data = data[np.isfinite(data["x"])]
+    data = data[np.isfinite(data["x"].astype(float))]
     if data.empty:
         return None
     models = list(dict.fromkeys(data["model"]))
@@ -433,4 +433,46 @@ def plot_downscale_panel(
     if image is not None:
         bar = fig.colorbar(image, ax=axes, ticks=levels, shrink=0.8)
         bar.set_label("rain rate (mm/h)")
+    return _save(fig, path, dpi)
+
+
+def plot_spectral_bands(
+    table: pd.DataFrame,
+    path: Path,
+    *,
+    leads: Sequence[int],
+    dpi: int = 90,
+) -> Path | None:
+    """Spectral realism: mean log10 power ratio against wavelength band, one panel per model.
+
+    ``table`` is the wide table of :func:`geogen.verification.report.spectral_table`: one
+    row per (model, lead_time), one column per band (``"2-4"``, ... km) and ``max_abs``.
+    Each panel has one line per lead time; 0 is the observed power, +1 ten times too much.
+    """
+    plt = _pyplot()
+    if table.empty:
+        return None
+    bands = [c for c in table.columns if c not in ("model", "lead_time", "max_abs")]
+    models = list(dict.fromkeys(table["model"]))
+    chosen = _nearest_leads(table["lead_time"], leads)
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(3.6 * len(models), 3.2), squeeze=False, sharey=True
+    )
+    x = np.arange(len(bands))
+    for ax, model in zip(axes[0], models, strict=False):
+        for i, lead in enumerate(chosen):
+            row = table[(table["model"] == model) & (table["lead_time"] == lead)]
+            if row.empty:
+                continue
+            colour = cmap(i / max(len(chosen) - 1, 1))
+            ax.plot(x, row[bands].to_numpy(float)[0], "o-", color=colour, label=f"+{lead} min")
+        ax.axhline(0.0, color="k", lw=1)
+        ax.set_xticks(x, bands, rotation=45, fontsize=7)
+        ax.set_xlabel("wavelength band (km)")
+        ax.set_title(model, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("log10(P forecast / P observed)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path, dpi)

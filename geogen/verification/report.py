@@ -110,6 +110,58 @@ def ranking(result: ScoreResult) -> pd.DataFrame:
     return table
 
 
+def spectral_table(result: ScoreResult, leads: Sequence[int] | None = None) -> pd.DataFrame:
+    """The ``spectral_bands`` scores as a wide table.
+
+    One row per (model, lead_time) (``leads``: the nearest lead times scored; None: all), one
+    column per wavelength band (``"2-4"``, ... km, from short to long) with the mean
+    ``log10(P_forecast / P_observation)``, and ``max_abs``, the largest ``|.|`` over the bands.
+    Empty when the metric was not scored.
+    """
+    scores = result.scores
+    names = scores["metric"].astype(str)
+    rows = scores[names.str.match(r"^spectral_[0-9.]+-[0-9.]+km$") | (names == "spectral_max_abs")]
+    if rows.empty:
+        return pd.DataFrame(columns=["model", "lead_time", "max_abs"])
+    wide = rows.pivot_table(
+        index=["model", "lead_time"], columns="metric", values="value", dropna=False, sort=False
+    )
+    bands = sorted(
+        (c for c in wide.columns if c != "spectral_max_abs"),
+        key=lambda c: float(c[len("spectral_") :].split("-")[0]),
+    )
+    wide = wide[[*bands, "spectral_max_abs"]]
+    wide.columns = [c[len("spectral_") : -len("km")] for c in bands] + ["max_abs"]
+    wide = wide.reset_index()
+    if leads is not None:
+        chosen = plots._nearest_leads(wide["lead_time"], leads)
+        wide = wide[wide["lead_time"].isin(chosen)]
+    order = {m: i for i, m in enumerate(result.metadata.get("models", []))}
+    wide = wide.sort_values(
+        ["model", "lead_time"], key=lambda c: c.map(order) if c.name == "model" else c
+    )
+    return wide.reset_index(drop=True)
+
+
+def format_spectral_table(table: pd.DataFrame) -> str:
+    """Markdown of :func:`spectral_table` (3 decimals, ``n/a`` for bands without rings)."""
+    columns = [c for c in table.columns if c not in ("model", "lead_time")]
+    headers = ["model", "lead"] + [f"{c} km" if c != "max_abs" else "max abs" for c in columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for _, row in table.iterrows():
+        cells = [f"`{row['model']}`", f"+{int(row['lead_time'])} min"]
+        cells += [
+            "n/a"
+            if not np.isfinite(row[c])
+            else f"{row[c]:.3f}"
+            if c == "max_abs"
+            else f"{row[c]:+.3f}"
+            for c in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _format_table(table: pd.DataFrame) -> str:
     headers = ["rank", "model", "members"] + [
         c for c in table.columns if c not in ("rank", "members") and not c.endswith(" CI")
@@ -162,6 +214,11 @@ def write_plots(
         path = func(result.diagrams, folder / f"{name}.png", dpi=dpi, **kwargs)
         if path:
             made[name] = path
+    path = plots.plot_spectral_bands(
+        spectral_table(result), folder / "spectral_bands.png", leads=leads, dpi=dpi
+    )
+    if path:
+        made["spectral_bands"] = path
     if result.example is not None:
         for model in result.metadata.get("models", []):
             slug = _slug(model)
@@ -247,6 +304,20 @@ def write_report(
     ):
         if name in made:
             lines += [f"## {header}", "", f"![{name}](plots/{made[name].name})", ""]
+    spectral = spectral_table(result, settings.get("leads", (30, 60, 90)))
+    if not spectral.empty:
+        lines += [
+            "## Spectral realism",
+            "",
+            "Mean log10(P_forecast / P_observed) per wavelength band (member spectra averaged, "
+            "cases weighted, RAPSD), and its largest absolute value over the bands: 0 is the "
+            "observed power, +1 ten times too much (speckle), -1 ten times too little (blur).",
+            "",
+            format_spectral_table(spectral),
+            "",
+        ]
+        if "spectral_bands" in made:
+            lines += [f"![spectral_bands](plots/{made['spectral_bands'].name})", ""]
     panels = [(n, p) for n, p in made.items() if n.startswith(("forecast_", "animation_"))]
     if panels:
         example = result.example.case if result.example is not None else ""

@@ -120,6 +120,7 @@ class ScoringSettings(_Strict):
             "spread_skill",
             "continuous",
             "rapsd",
+            "spectral_bands",
         ]
     )
     thresholds: list[float] = Field(default_factory=lambda: [0.5, 1, 2, 4, 8, 16])
@@ -186,13 +187,20 @@ class Example:
 
 @dataclass
 class ScoreResult:
-    """Tidy scores and diagrams, the example case and what was scored."""
+    """Tidy scores and diagrams, the example case and what was scored.
+
+    ``states`` holds each ``(model, lead, metric)``'s per-case statistics (cases in the
+    order of ``metadata["cases"]``) and ``metrics`` the metric objects, for resampling
+    (:mod:`geogen.verification.paired`).
+    """
 
     scores: pd.DataFrame
     diagrams: pd.DataFrame
     lead_means: pd.DataFrame
     example: Example | None
     metadata: dict[str, Any]
+    states: dict[tuple[str, int, str], MetricState] = field(default_factory=dict, repr=False)
+    metrics: dict[str, Metric] = field(default_factory=dict, repr=False)
 
 
 class Scorer:
@@ -368,6 +376,9 @@ class Scorer:
 
     def _result(self, metadata: Mapping[str, Any] | None) -> ScoreResult:
         boot = self.settings.bootstrap
+        for metric in self.metrics.values():  # grid-aware metrics (spectral_bands): km per pixel
+            if getattr(metric, "pixel_km", False) is None and self.pixel_size_km:
+                metric.pixel_km = float(self.pixel_size_km)
         rows: list[dict[str, Any]] = []
         curves: list[dict[str, Any]] = []
         draws_by_key: dict[tuple[str, ScoreKey], dict[int, np.ndarray]] = {}
@@ -419,7 +430,9 @@ class Scorer:
             "pixel_size_km": self.pixel_size_km,
             **dict(metadata or {}),
         }
-        return ScoreResult(scores, diagrams, lead_means, self.example, meta)
+        return ScoreResult(
+            scores, diagrams, lead_means, self.example, meta, dict(self.states), dict(self.metrics)
+        )
 
     def _n_cases(self, model: str, lead: int) -> int:
         for (m, lead_, _), state in self.states.items():
@@ -928,8 +941,10 @@ def score_store(
     scorer = Scorer(settings, example_case=_case_id(example, t0), plot_members=plot_members)
     scorer.pixel_size_km = pixel_km
     data = group[info.variable]
+    case_t0: dict[str, str] = {}
     for i in _progress(list(indices), progress, "crops"):
         i = int(i)
+        case_t0[_case_id(i, t0)] = f"{pd.Timestamp(t0[i]):%Y-%m-%dT%H:%M}"
         frames = np.asarray(data[i], dtype=np.float32)
         context = frames[context_index]
         observation = frames[lead_index]
@@ -958,6 +973,7 @@ def score_store(
         "n_cases_available": available,
         "models": [spec.display for spec in models],
         "weights": "1 / sample_prob" if weights == "sample_prob" else "equal",
+        "case_t0": case_t0,  # forecast start time of each case (crops of one time overlap)
     }
     return scorer.result(meta)
 

@@ -9,14 +9,24 @@ Unscored pixels are set to 0 mm/h first (the FFT needs finite values).
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from geogen.verification.interface import Diagram, Metric, Pair, ScoreKey, register_metric
+from geogen.verification.interface import (
+    Diagram,
+    Metric,
+    Pair,
+    ScoreKey,
+    VerificationError,
+    register_metric,
+)
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=16)
@@ -182,3 +192,105 @@ def band_log_ratio(
 def band_label(band: tuple[float, float]) -> str:
     """``"2-4"`` for the band ``(2.0, 4.0)`` (km)."""
     return f"{band[0]:g}-{band[1]:g}"
+
+
+def band_score_name(band: tuple[float, float]) -> str:
+    """``"spectral_2-4km"``: the score of one wavelength band in the tidy tables."""
+    return f"spectral_{band_label(band)}km"
+
+
+#: Score name of the largest absolute band log ratio (per lead time).
+SPECTRAL_MAX_ABS = "spectral_max_abs"
+
+
+@register_metric("spectral_bands")
+class SpectralBands(Metric):
+    """Spectral realism: mean ``log10(P_forecast / P_observation)`` per wavelength band.
+
+    ``P_forecast`` is the member-mean RAPSD (member spectra averaged, as the ``rapsd``
+    diagrams), ``P_observation`` the observed RAPSD, both averaged over cases (weighted) before
+    the ratio; each band's score is the mean over its rings (:func:`band_log_ratio`). 0 is the
+    observed power at that scale, +1 ten times too much (speckle, checkerboards), -1 ten times
+    too little (blur). Scores: one per band (``spectral_2-4km`` ... ``spectral_128-256km``)
+    and ``spectral_max_abs``, the largest ``|log ratio|`` over the bands that have rings.
+    Spectra are kept per case, so bootstrap intervals resample them.
+
+    Parameters
+    ----------
+    bands
+        ``(low, high)`` wavelength bands in km (default :data:`SPECTRAL_BANDS_KM`).
+    pixel_km
+        Grid spacing in km; None: set by the scorer from the store or forecast grid
+        (``Scorer.pixel_size_km``), else 1 km is assumed with a warning.
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[Sequence[float]] = SPECTRAL_BANDS_KM,
+        pixel_km: float | None = None,
+    ) -> None:
+        self.bands = tuple((float(low), float(high)) for low, high in bands)
+        if not self.bands or any(not 0 < low < high for low, high in self.bands):
+            raise VerificationError(f"bands must be (low, high) km with 0 < low < high: {bands}")
+        if pixel_km is not None and not pixel_km > 0:
+            raise VerificationError(f"pixel_km must be positive, got {pixel_km}")
+        self.pixel_km = pixel_km
+        self._warned = False
+
+    def settings(self) -> dict[str, Any]:
+        """Bands (km) and grid spacing."""
+        return {"bands": [list(b) for b in self.bands], "pixel_km": self.pixel_km}
+
+    def statistics(self, pair: Pair, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Spectra of the case.
+
+        ``psd``: ``(lead, 2, n)`` (member-mean forecast, observation); ``count``: ``(lead,)``
+        (1 when the lead has scored pixels); ``frequency``: ``(lead, n)`` (cycles/pixel).
+        """
+        rows = []
+        frequency = np.zeros(0)
+        for lead in range(pair.leads):
+            valid = pair.valid[lead]
+            forecast, frequency = rapsd(np.where(valid, pair.forecast[:, lead], 0.0))
+            observed, _ = rapsd(np.where(valid, pair.observation[lead], 0.0))
+            rows.append(np.stack([forecast.mean(axis=0), observed]))
+        count = (pair.n_valid > 0).astype(np.float64)
+        return {
+            "psd": np.stack(rows) * count[:, None, None],
+            "count": count,
+            "frequency": frequency[None, :] * count[:, None],
+        }
+
+    def _pixel_km(self) -> float:
+        if self.pixel_km is not None:
+            return float(self.pixel_km)
+        if not self._warned:
+            log.warning("spectral_bands: grid spacing unknown, 1 km per pixel assumed")
+            self._warned = True
+        return 1.0
+
+    def band_ratios(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``(..., lead, band)`` mean log10 power ratios from summed statistics."""
+        count = np.asarray(stats["count"], dtype=np.float64)
+        psd = stats["psd"] / count[..., None, None]
+        frequency = stats["frequency"] / count[..., None]
+        # every case has the same rings: the wavelengths of the first lead and resample
+        frequency = frequency.reshape(-1, frequency.shape[-1])
+        frequency = frequency[np.isfinite(frequency).all(axis=-1)][:1]
+        if frequency.size == 0:
+            return np.full((*count.shape, len(self.bands)), np.nan)
+        with np.errstate(divide="ignore"):
+            wavelength = np.where(frequency[0] > 0, self._pixel_km() / frequency[0], np.inf)
+        return band_log_ratio(psd[..., 0, :], psd[..., 1, :], wavelength, self.bands)
+
+    def scores(self, stats: Mapping[str, np.ndarray]) -> dict[ScoreKey, np.ndarray]:
+        """One score per band and ``spectral_max_abs``: ``(..., lead)``."""
+        ratios = self.band_ratios(stats)
+        out: dict[ScoreKey, np.ndarray] = {
+            (band_score_name(band), float("nan"), 1, "none"): ratios[..., index]
+            for index, band in enumerate(self.bands)
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # leads without any ring
+            out[(SPECTRAL_MAX_ABS, float("nan"), 1, "none")] = np.nanmax(np.abs(ratios), axis=-1)
+        return out

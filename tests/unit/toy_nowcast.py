@@ -24,6 +24,7 @@ class ToyNet(nn.Module):
 
 class ToyMethod(NowcastMethod):
     model_name = "toy"
+    val_monitor = ("val/loss", "min")
 
     def __init__(self, network, optimizer=None, network_config=None, weight: float = 1.0):
         super().__init__(network, optimizer, network_config)
