@@ -417,11 +417,11 @@ class DGMRForecaster(CheckpointForecaster):
                         outputs.append(states[level])
                     h = torch.stack(outputs, dim=1).flatten(0, 1)  # batch-major
                     h = sampler.convs[level](h)
-                    h = sampler.gblocks[level](h, steps=steps)
-                    h = sampler.up_gblocks[level](h, steps=steps)
+                    h = sampler.gblocks[level](h, steps=steps, first_step=first)
+                    h = sampler.up_gblocks[level](h, steps=steps, first_step=first)
                     below = h.unflatten(0, (n, steps))
                 h = below.flatten(0, 1)
-                h = sampler.output_conv(F.relu(sampler.output_bn(h, steps=steps)))
+                h = sampler.output_conv(F.relu(sampler.output_bn(h, steps=steps, first_step=first)))
                 frames = depth_to_space(h).reshape(n, steps, height, width)
                 if generator.output_activation == "relu":
                     frames = F.relu(frames)
