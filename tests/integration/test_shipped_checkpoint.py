@@ -11,8 +11,8 @@ import pytest
 from conftest import requires_shared_data
 
 import geogen
+from geogen.checkpoint import INDEX, shipped_dir, shipped_index
 from geogen.forecasting import get_forecaster, open_forecast, read_context, read_frames
-from geogen.forecasting.shipped import INDEX, shipped_dir, shipped_index
 from geogen.verification.scoring import score_files
 
 pytestmark = [pytest.mark.integration, requires_shared_data]
@@ -27,7 +27,7 @@ def test_index_lists_a_card_and_the_file_hash():
     entry = index["dgmr_advect"]
     path = shipped_dir() / entry["file"]
     assert path.is_file() and path.stat().st_size < 8 * 2**20  # a few MB
-    from geogen.forecasting.learned import sha256_file
+    from geogen.checkpoint import sha256_file
 
     assert sha256_file(path) == entry["sha256"]
     card = (shipped_dir() / "README.md").read_text()

@@ -435,7 +435,7 @@ def test_a_new_network_forecasts_the_extrapolation(trained, context, tmp_path):
 
 # -- shipped checkpoints ----------------------------------------------------------------------
 def test_checkpoint_hash_is_checked(trained, tmp_path, monkeypatch, context):
-    from geogen.forecasting.learned import sha256_file
+    from geogen.checkpoint import sha256_file
 
     good = sha256_file(trained.last_checkpoint)
     model = get_forecaster("dgmr_advect", ckpt=trained.last_checkpoint, ckpt_sha256=good)

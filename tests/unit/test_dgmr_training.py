@@ -19,8 +19,8 @@ import torch
 from conftest import prepare_config, synthetic_source
 
 import geogen
+from geogen.checkpoint import sha256_file
 from geogen.forecasting import ForecastError, get_forecaster, open_forecast
-from geogen.forecasting.learned import sha256_file
 from geogen.io import open_source
 from geogen.training import build_training, compose_train_config, run_train
 

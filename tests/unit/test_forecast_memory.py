@@ -45,11 +45,11 @@ def test_chunked_leads_equal_the_generator_forward(checkpoint, memory):
     model = get_forecaster("dgmr", ckpt=checkpoint, device="cpu")
     inputs = torch.rand(1, 4, 64, 96)
     members = range(3, 6)
-    z = torch.stack([model._latent(7, m, 64, 96) for m in members])
+    z = model.module.member_inputs(members, 7, 7, 64, 96)["z"]
     with torch.inference_mode():
-        expected = model.generator(inputs.expand(3, -1, -1, -1), 7, z=z)
-        model.sampler_memory = memory * 56 * 2 * 32 * 48 * 3  # leads per chunk
-        chunked = model.forecast_batch(inputs, 7, members, seed=7)
+        expected = model.module.generator(inputs.expand(3, -1, -1, -1), 7, z=z)
+        model.module.sampler_memory = memory * 56 * 2 * 32 * 48 * 3  # leads per chunk
+        chunked = model.module(inputs, 7, members, seed=7)
     assert chunked.shape == expected.shape == (3, 7, 64, 96)
     assert expected.abs().max() > 0.01 and expected[0].std() > 0
     torch.testing.assert_close(chunked, expected, rtol=1e-5, atol=1e-6)
@@ -57,9 +57,9 @@ def test_chunked_leads_equal_the_generator_forward(checkpoint, memory):
 
 def test_bounded_ensemble_equals_unbounded_for_the_same_seed(checkpoint, context):
     bounded = get_forecaster("dgmr", ckpt=checkpoint, device="cpu", batch_members=2)
-    bounded.sampler_memory = 1  # one lead at a time
+    bounded.module.sampler_memory = 1  # one lead at a time
     unbounded = get_forecaster("dgmr", ckpt=checkpoint, device="cpu", batch_members=5)
-    unbounded.sampler_memory = 2**40
+    unbounded.module.sampler_memory = 2**40
     kwargs = {"leads": 6, "members": 5, "seed": 11, "timestep_minutes": 5.0}
     a, b = bounded.predict(context, **kwargs), unbounded.predict(context, **kwargs)
     assert a.shape == (5, 6, 70, 100)
@@ -118,11 +118,13 @@ def test_chunked_leads_use_each_leads_batch_norm_statistics(batch_norm_checkpoin
     model = get_forecaster("dgmr", ckpt=batch_norm_checkpoint, device="cpu")
     inputs = torch.rand(1, 4, 64, 96)
     members = range(2, 5)
-    z = torch.stack([model._latent(3, m, 64, 96) for m in members])
+    z = model.module.member_inputs(members, 3, LEADS, 64, 96)["z"]
     with torch.inference_mode():
-        expected = model.generator(inputs.expand(3, -1, -1, -1), LEADS, z=z)
-        model.sampler_memory = chunk * 56 * 2 * 32 * 48 * 3  # exactly `chunk` leads per chunk
-        chunked = model.forecast_batch(inputs, LEADS, members, seed=3)
+        expected = model.module.generator(inputs.expand(3, -1, -1, -1), LEADS, z=z)
+        model.module.sampler_memory = (
+            chunk * 56 * 2 * 32 * 48 * 3
+        )  # `chunk` leads per chunk
+        chunked = model.module(inputs, LEADS, members, seed=3)
     assert chunked.shape == expected.shape == (3, LEADS, 64, 96)
     torch.testing.assert_close(chunked, expected, rtol=1e-5, atol=1e-5)
 
@@ -131,23 +133,23 @@ def test_per_lead_statistics_matter(batch_norm_checkpoint):
     """The statistics of the fixture change the forecast (so the test above can fail)."""
     model = get_forecaster("dgmr", ckpt=batch_norm_checkpoint, device="cpu")
     inputs = torch.rand(1, 4, 64, 96)
-    z = model._latent(3, 0, 64, 96)[None]
+    z = model.module.member_inputs(range(1), 3, LEADS, 64, 96)["z"]
     with torch.inference_mode():
-        reference = model.generator(inputs, LEADS, z=z)
-        for module in model.generator.modules():
+        reference = model.module.generator(inputs, LEADS, z=z)
+        for module in model.module.generator.modules():
             if hasattr(module, "step_mean"):
                 module.step_mean.copy_(module.step_mean[:1].expand_as(module.step_mean))
                 module.step_var.copy_(module.step_var[:1].expand_as(module.step_var))
-        lead_zero_statistics = model.generator(inputs, LEADS, z=z)
+        lead_zero_statistics = model.module.generator(inputs, LEADS, z=z)
     torch.testing.assert_close(reference[:, 0], lead_zero_statistics[:, 0])
     assert (reference[:, 1:] - lead_zero_statistics[:, 1:]).abs().max() > 0.1
 
 
 def test_bounded_ensemble_with_batch_norm_equals_unbounded(batch_norm_checkpoint, context):
     bounded = get_forecaster("dgmr", ckpt=batch_norm_checkpoint, device="cpu", batch_members=2)
-    bounded.sampler_memory = 1  # one lead at a time
+    bounded.module.sampler_memory = 1  # one lead at a time
     unbounded = get_forecaster("dgmr", ckpt=batch_norm_checkpoint, device="cpu", batch_members=5)
-    unbounded.sampler_memory = 2**40
+    unbounded.module.sampler_memory = 2**40
     kwargs = {"leads": 6, "members": 5, "seed": 11, "timestep_minutes": 5.0}
     a, b = bounded.predict(context, **kwargs), unbounded.predict(context, **kwargs)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

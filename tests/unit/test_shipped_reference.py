@@ -107,7 +107,7 @@ def test_shipped_dgmr_advect_gives_the_recorded_forecast(context, batch_members)
 def test_shipped_dgmr_advect_bounded_sampler_gives_the_recorded_forecast(context):
     """One lead per chunk (the memory-bounded path) gives the same numbers."""
     model = get_forecaster("dgmr_advect", device="cpu", batch_members=3)
-    model.sampler_memory = 1
+    model.module.sampler_memory = 1
     out = model.predict(context, leads=5, members=3, seed=7, timestep_minutes=5.0)
     np.testing.assert_allclose(np.nanmean(out, axis=(2, 3)), MEAN, rtol=2e-5, atol=2e-6)
     pixels = out[:, :, [10, 40, 70], [20, 50, 90]].reshape(3, -1)
