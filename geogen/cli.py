@@ -69,6 +69,7 @@ def run_forecast(cfg: DictConfig) -> str:
     result = forecast(
         model, context, members=cfg.members, leads=cfg.leads, seed=cfg.seed, progress=cfg.progress
     ).isel(y=crop[0], x=crop[1])
+    result.attrs["margin"] = margin
     path = write_forecast(
         result, cfg.out, provenance=_provenance(cfg), source_config=source, source=source["name"]
     )

@@ -39,7 +39,8 @@ def test_shipped_model_beats_persistence_on_the_held_back_event(tmp_path):
     context = read_context("mch", ISSUE, model.n_context, region=REGION)
     fc = geogen.forecast(model, context, members=10, leads=6, seed=1)
     assert fc.shape == (10, 6, 128, 128)
-    assert fc.attrs["settings"]["checkpoint_sha256"] == shipped_index()["dgmr_advect"]["sha256"]
+    settings = json.loads(fc.attrs["settings"])
+    assert settings["checkpoint_sha256"] == shipped_index()["dgmr_advect"]["sha256"]
     obs = read_frames("mch", "2016-07-11T22:05", "2016-07-11T22:30", region=REGION).values
     persistence = np.nanmean(np.abs(context.values[-1] - obs))
     members = fc.values

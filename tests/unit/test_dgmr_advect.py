@@ -383,7 +383,7 @@ def test_forecaster_ensemble_seeding_and_no_data(trained, context):
         seed=3,
     )
     np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)
-    assert fc.attrs["settings"]["advection"]["outval"] == "min"
+    assert json.loads(fc.attrs["settings"])["advection"]["outval"] == "min"
     with pytest.raises(ForecastError, match="checkpoint of model 'dgmr_advect', not 'dgmr'"):
         get_forecaster("dgmr", ckpt=trained.last_checkpoint)
 
