@@ -171,12 +171,15 @@ model = get_forecaster("dgmr_advect", device="cpu", batch_members=2)
 context = np.random.default_rng(0).gamma(0.5, 2.0, (4, 40, 40)).astype(np.float32)
 out = model.predict(context, leads=2, members=2, seed=0, timestep_minutes=5.0)
 assert out.shape == (2, 2, 40, 40) and np.isfinite(out).all()
+from geogen.downscaling import available_downscalers
+assert "downscale_gan" in available_downscalers()  # every downscaler module imported
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning"))
 print("LIGHTNING", loaded)
 """
 
 
 def test_forecasting_with_the_shipped_checkpoint_imports_no_lightning():
+    """Building and running a forecaster, and importing every downscaler, load no Lightning."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(CHECKPOINTS_ENV, None)
     result = subprocess.run(

@@ -150,7 +150,20 @@ def test_geogen_has_no_import_cycle():
 
 
 @pytest.mark.parametrize(
-    "module", ["geogen.forecasting.learned", "geogen.checkpoint", "geogen.inference"]
+    "module",
+    [
+        "geogen.checkpoint",
+        "geogen.inference",
+        "geogen.forecasting",
+        "geogen.forecasting.learned",
+        "geogen.forecasting.dgmr_advect",
+        "geogen.forecasting.vae",
+        "geogen.forecasting.flow",
+        "geogen.downscaling",
+        "geogen.downscaling.learned",
+        "geogen.downscaling.vae",
+        "geogen.downscaling.flow",
+    ],
 )
 def test_inference_modules_import_no_training_code(module):
     """Following every import (function-level ones too), inference reaches no LightningModule."""
