@@ -121,9 +121,7 @@ def test_chunked_leads_use_each_leads_batch_norm_statistics(batch_norm_checkpoin
     z = model.module.member_inputs(members, 3, LEADS, 64, 96)["z"]
     with torch.inference_mode():
         expected = model.module.generator(inputs.expand(3, -1, -1, -1), LEADS, z=z)
-        model.module.sampler_memory = (
-            chunk * 56 * 2 * 32 * 48 * 3
-        )  # `chunk` leads per chunk
+        model.module.sampler_memory = chunk * 56 * 2 * 32 * 48 * 3  # `chunk` leads per chunk
         chunked = model.module(inputs, LEADS, members, seed=3)
     assert chunked.shape == expected.shape == (3, LEADS, 64, 96)
     torch.testing.assert_close(chunked, expected, rtol=1e-5, atol=1e-5)
