@@ -11,12 +11,13 @@ an untrained generator (``--width paper``: base width 24, latent 8, 53 M paramet
 members per batch:
 
 - ``bounded``: the forecaster as shipped: the conditioning stack runs once per batch and the
-  sampler is unrolled over chunks of lead times within ``sampler_memory`` bytes; the whole
-  ``--members`` ensemble is generated (``--no-full``: skipped);
+  sampler is unrolled over chunks of lead times within ``sampler_memory`` bytes
+  (:class:`~geogen.forecasting.learned.DGMRNowcaster`, ``Sampler.forward(lead_chunk=...)``);
+  the whole ``--members`` ensemble is generated (``--no-full``: skipped);
 - ``bounded_batch`` and ``peer``: one batch (``--batch-members`` members; the peak is reached
   in the first batch, later ones reuse the memory) with the forecaster as shipped and with
   the generator's plain forward (the context repeated for every member, all leads at once:
-  what ``forecast_batch`` did before);
+  what the forecaster did before it was memory-bounded);
 - for each: wall seconds, seconds per member, the process's peak resident set (VmHWM, each
   measurement in its own process) and the members forecast; ``peer_over_bounded`` (peer /
   ``bounded_batch``: the same work); ``fits_24_gib`` (of ``bounded``, or of
@@ -81,13 +82,14 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     model = get_forecaster("dgmr", ckpt=args.ckpt, device="cpu", batch_members=args.batch_members)
     if args.worker == "peer":
+        module = model.module  # the inference module (DGMRNowcaster)
 
-        def plain_forward(inputs, leads, members, seed):
+        def plain_forward(inputs, leads, members, seed, **conditions):
             height, width = inputs.shape[-2:]
-            z = torch.stack([model._latent(seed, m, height, width) for m in members])
-            return model.generator(inputs.expand(len(members), -1, -1, -1), leads, z=z)
+            z = module.member_inputs(members, seed, leads, height, width)["z"]
+            return module.generator(inputs.expand(len(members), -1, -1, -1), leads, z=z)
 
-        model.forecast_batch = plain_forward
+        module.forward = plain_forward
     members = args.members if args.worker == "bounded" else args.batch_members
     context = synthetic_rain(CONTEXT, SHAPE, seed=0, velocity=(0.7, 1.3)).astype(np.float32)
     tic = time.perf_counter()

@@ -39,10 +39,10 @@ def _provenance(cfg: DictConfig) -> dict[str, Any]:
 def run_forecast(cfg: DictConfig) -> str:
     """Read the context from the archive, forecast, write the file; return its path."""
     from geogen.forecasting import forecast, get_forecaster, read_context, write_forecast
-    from geogen.verification.app import LEARNED_FORECASTERS
+    from geogen.forecasting.interface import is_learned
 
     kwargs: dict[str, Any] = dict(to_plain(cfg.baseline).get(cfg.model) or {})
-    if cfg.ckpt or cfg.model in LEARNED_FORECASTERS:
+    if cfg.ckpt or is_learned(cfg.model):
         # learned models: ckpt=null takes the checkpoint geogen ships for the model, if any
         kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
     if cfg.get("ckpt_sha256"):
@@ -69,6 +69,7 @@ def run_forecast(cfg: DictConfig) -> str:
     result = forecast(
         model, context, members=cfg.members, leads=cfg.leads, seed=cfg.seed, progress=cfg.progress
     ).isel(y=crop[0], x=crop[1])
+    result.attrs["margin"] = margin
     path = write_forecast(
         result, cfg.out, provenance=_provenance(cfg), source_config=source, source=source["name"]
     )
@@ -98,10 +99,14 @@ def run_downscale(cfg: DictConfig) -> str:
         read_sequence,
         write_downscaled,
     )
+    from geogen.downscaling.interface import is_learned
 
     kwargs: dict[str, Any] = dict(to_plain(cfg.baseline).get(cfg.model) or {})
-    if cfg.ckpt:
+    if cfg.ckpt or is_learned(cfg.model):
+        # learned models: ckpt=null takes the checkpoint geogen ships for the model, if any
         kwargs.update(ckpt=cfg.ckpt, device=cfg.device, batch_members=cfg.batch_members)
+    if cfg.get("ckpt_sha256"):
+        kwargs.update(ckpt_sha256=cfg.ckpt_sha256)
     model = get_downscaler(cfg.model, **kwargs)
     attrs: dict[str, Any] = {"provenance": _provenance(cfg)}
     if cfg.input:

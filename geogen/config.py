@@ -139,6 +139,13 @@ def load_source_config(name: str, **overrides: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.source, resolve=True)  # type: ignore[return-value]
 
 
+def source_config(source: Mapping[str, Any] | str, **overrides: Any) -> dict[str, Any]:
+    """A source config as a plain dict: a shipped one by name, or a mapping, with ``overrides``."""
+    if isinstance(source, str):
+        return load_source_config(source, **overrides)
+    return {**to_plain(source), **overrides}
+
+
 def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Resolved plain-dict copy of a config."""
     if isinstance(cfg, DictConfig):

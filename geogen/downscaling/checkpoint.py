@@ -1,10 +1,12 @@
 """What every checkpoint-backed downscaler shares (``downscale_gan``, ``vae``, ``flow``).
 
 :class:`CheckpointDownscaler` is the downscaling twin of
-:class:`~geogen.forecasting.learned.CheckpointForecaster` and reuses its helpers
-(:func:`~geogen.forecasting.learned.load_geogen_checkpoint`, ``sha256_file``,
-``resolve_device``, ``member_generator``): checkpoint loading and provenance, task check,
-device and precision, model space, member batching, no-data handling. Subclasses set
+:class:`~geogen.forecasting.learned.CheckpointForecaster` and shares its pieces: the
+checkpoint is found and checked by :class:`geogen.checkpoint.Checkpoint` (``ckpt=``, or the
+checkpoint shipped for the model in ``checkpoints/index.json`` with ``"task": "downscale"``;
+SHA-256 checked, int8 weights restored, model and task checked), and
+:mod:`geogen.inference` gives the model space, member seeding and batching. The rest:
+device and precision, no-data handling. Subclasses set
 :attr:`checkpoint_model` and implement :meth:`build` and :meth:`generate_batch` (or
 :meth:`generate` when members are not produced by one pass over the whole sequence).
 """
@@ -20,15 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.downscaling.interface import DownscaleError, Downscaler
-from geogen.forecasting.interface import ForecastError
-from geogen.forecasting.learned import (
-    checkpoint_description,
-    load_geogen_checkpoint,
-    member_batches,
-    resolve_device,
-    sha256_file,
-)
+from geogen.inference import autocast, member_batches, resolve_device, to_model_space
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +40,20 @@ class CheckpointDownscaler(Downscaler):
     Parameters
     ----------
     ckpt
-        Checkpoint written by ``geogen-train`` on a downscaling store.
+        Checkpoint written by ``geogen-train`` on a downscaling store; ``None`` takes the
+        checkpoint geogen ships for this model, if any (SHA-256 checked).
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     batch_members
         Members generated per forward pass (bounds memory).
     precision
         ``"32"`` or ``"bf16"`` (autocast on CUDA).
+    ckpt_sha256
+        Expected SHA-256 of the checkpoint file (refused when it differs).
     """
 
     stochastic = True
+    learned = True
     #: ``model`` of the checkpoint's metadata (default: the registered name).
     checkpoint_model: str = ""
 
@@ -63,42 +63,35 @@ class CheckpointDownscaler(Downscaler):
         device: str = "auto",
         batch_members: int = 4,
         precision: str = "32",
+        ckpt_sha256: str | None = None,
     ) -> None:
-        model = self.checkpoint_model or self.name
-        if ckpt is None:
-            raise DownscaleError(f"model={model} needs a checkpoint: ckpt=PATH (from geogen-train)")
         if int(batch_members) < 1:
             raise DownscaleError(f"batch_members must be >= 1, got {batch_members}")
         if precision not in ("32", "bf16"):
             raise DownscaleError(f"precision must be '32' or 'bf16', got {precision!r}")
-        try:
-            checkpoint = load_geogen_checkpoint(ckpt, model)
-        except ForecastError as exc:
-            raise self.checkpoint_error(exc) from None
-        meta = checkpoint["geogen"]
-        self.ckpt = str(ckpt)
-        self.checkpoint_sha256 = sha256_file(ckpt)
-        self.meta = meta
-        self.data = dict(meta["data"])
-        task = self.data.get("task")
-        if task != "downscale":
-            raise DownscaleError(
-                f"{ckpt} is a {model} checkpoint trained for {task!r}, not 'downscale' "
-                f"(use geogen-forecast model={model})"
-            )
+        checkpoint = Checkpoint.load(
+            self.name,
+            ckpt,
+            ckpt_sha256,
+            model=self.checkpoint_model or None,
+            task="downscale",
+            error=DownscaleError,
+        )
+        self.checkpoint = checkpoint
+        self.ckpt = str(checkpoint.path)
+        self.checkpoint_sha256 = checkpoint.sha256
+        self.meta = checkpoint.meta
+        self.data = checkpoint.data
         self.device = resolve_device(device)
         self.batch_members = int(batch_members)
         self.precision = precision
         self.variable = self.data.get("variable")
-        spec = dict(self.data.get("transform") or {"name": "identity"})
-        from geogen.data.transforms import get_transform
-
-        self.transform = get_transform(spec.pop("name"), **spec)
+        self.transform = checkpoint.transform()
         self.factor = self.build(checkpoint)
         log.info(
             "%s: %s (sha256 %s), factor %d, variable %s, on %s",
             self.name,
-            ckpt,
+            self.ckpt,
             self.checkpoint_sha256[:12],
             self.factor,
             self.variable,
@@ -107,11 +100,7 @@ class CheckpointDownscaler(Downscaler):
 
     # -- hooks --------------------------------------------------------------------------------
 
-    def checkpoint_error(self, exc: ForecastError) -> DownscaleError:
-        """The :class:`DownscaleError` raised for a checkpoint that cannot be used."""
-        return DownscaleError(str(exc))
-
-    def build(self, checkpoint: dict[str, Any]) -> int:
+    def build(self, checkpoint: Checkpoint) -> int:
         """Build the network(s) from ``checkpoint`` onto :attr:`device`; return the factor."""
         raise NotImplementedError
 
@@ -135,7 +124,9 @@ class CheckpointDownscaler(Downscaler):
     def describe(self) -> dict[str, Any]:
         """Model name, checkpoint path and SHA-256, network config, training data, settings."""
         return {
-            **checkpoint_description(self),
+            "model": self.name,
+            **self.checkpoint.describe(),
+            "batch_members": self.batch_members,
             **self.settings(),
         }
 
@@ -145,12 +136,11 @@ class CheckpointDownscaler(Downscaler):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA when ``precision="bf16"``, else a no-op context."""
-        enabled = self.precision == "bf16" and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.device, self.precision)
 
     def to_model(self, filled: np.ndarray) -> torch.Tensor:
         """Physical ``(T, h, w)`` without NaN -> model-space ``(1, T, h, w)`` on the device."""
-        model_space = np.asarray(self.transform.forward(filled), dtype=np.float32)
+        model_space = to_model_space(filled, self.transform, self.data.get("nan_fill", 0.0))
         return torch.from_numpy(model_space)[None].to(self.device)
 
     def generate(self, filled: np.ndarray, members: int, seed: int, progress: bool) -> np.ndarray:

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.downscaling.checkpoint import CheckpointDownscaler
 from geogen.downscaling.interface import DownscaleError, register_downscaler
 from geogen.forecasting.flow import FlowCheckpoint
-from geogen.forecasting.learned import member_generator
+from geogen.inference import member_generator
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class FlowDownscalerModel(CheckpointDownscaler):
         Members sampled per pass.
     temperature
         Scale of the latent noise (default: the method's).
+    ckpt_sha256
+        Expected SHA-256 of the checkpoint file.
     """
 
     checkpoint_model = "flow"
@@ -61,23 +64,17 @@ class FlowDownscalerModel(CheckpointDownscaler):
         device: str = "auto",
         batch_members: int = 4,
         temperature: float | None = None,
+        ckpt_sha256: str | None = None,
     ) -> None:
-        super().__init__(ckpt, device, batch_members)
+        super().__init__(ckpt, device, batch_members, ckpt_sha256=ckpt_sha256)
         self.temperature = self.model.temperature if temperature is None else float(temperature)
         if self.temperature < 0:
             raise DownscaleError(f"temperature must be >= 0, got {self.temperature}")
         self.frames = int(self.network.frames)
 
-    def build(self, checkpoint: dict[str, Any]) -> int:
+    def build(self, checkpoint: Checkpoint) -> int:
         """The flow of the checkpoint with its sampling settings (:class:`FlowCheckpoint`)."""
-        self.model = FlowCheckpoint(
-            self.ckpt,
-            "downscale",
-            self.device,
-            error=DownscaleError,
-            checkpoint=checkpoint,
-            sha256=self.checkpoint_sha256,
-        )
+        self.model = FlowCheckpoint(checkpoint, self.device)
         self.network = self.model.network
         return int(self.network.factor)
 
@@ -105,7 +102,7 @@ class FlowDownscalerModel(CheckpointDownscaler):
         n_time, ny, nx = filled.shape
         factor = self.factor
         coarse_multiple = max(1, self.network.multiple // factor)
-        inputs, _ = self.model.to_model(filled, coarse_multiple)
+        inputs = self.model.to_model(filled, coarse_multiple)
         inputs = inputs.to(self.device)
         height, width = (s * factor for s in inputs.shape[-2:])
         starts = list(range(0, n_time - self.frames + 1, self.frames))

@@ -43,6 +43,9 @@ class Downscaler(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Whether the method runs a trained checkpoint (and takes ``ckpt``, ``device``,
+    #: ``batch_members``; shipped checkpoints need no ``ckpt``).
+    learned: ClassVar[bool] = False
     stochastic: bool = False
     factor: int | None = None
     variable: str | None = None
@@ -122,6 +125,15 @@ def register_downscaler(
 def available_downscalers() -> list[str]:
     """Names of the registered downscalers."""
     return DOWNSCALERS.names()
+
+
+def is_learned(name: str) -> bool:
+    """Whether the downscaler registered under ``name`` runs a checkpoint (``False`` if unknown)."""
+    try:
+        factory = DOWNSCALERS.factory(name)
+    except DownscaleError:
+        return False
+    return bool(getattr(factory, "learned", False))
 
 
 def get_downscaler(name: str, **kwargs: Any) -> Downscaler:

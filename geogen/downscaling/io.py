@@ -78,9 +78,10 @@ def read_sequence(
     **overrides: Any,
 ) -> xr.DataArray:
     """The ``length`` frames of ``source`` ending at ``time`` (all required)."""
-    from geogen.forecasting.io import _source_config, read_frames
+    from geogen.config import source_config
+    from geogen.forecasting.io import read_frames
 
-    cfg = _source_config(source, overrides)
+    cfg = source_config(source, **overrides)
     end = to_timestamp(time)
     if end is None:
         raise DownscaleError("time is required (the last frame of the sequence)")

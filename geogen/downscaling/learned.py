@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.downscaling.checkpoint import CheckpointDownscaler
 from geogen.downscaling.interface import DownscaleError, register_downscaler
-from geogen.forecasting.interface import ForecastError
-from geogen.forecasting.learned import build_submodule, member_generator
+from geogen.inference import member_generator
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _LearnedDownscaler(CheckpointDownscaler):
 
     Parameters
     ----------
-    ckpt, device, batch_members, precision
+    ckpt, device, batch_members, precision, ckpt_sha256
         See :class:`~geogen.downscaling.checkpoint.CheckpointDownscaler`.
     preserve_mean
         Rescale every member so that its block means equal the input.
@@ -88,25 +88,18 @@ class _LearnedDownscaler(CheckpointDownscaler):
         batch_members: int = 4,
         precision: str = "32",
         preserve_mean: bool = False,
+        ckpt_sha256: str | None = None,
     ) -> None:
         self.preserve_mean = bool(preserve_mean)
-        super().__init__(ckpt, device, batch_members, precision)
+        super().__init__(ckpt, device, batch_members, precision, ckpt_sha256)
         self.rain = self.transform.name in ("log10", "dB", "log1p") or self.data.get("units") in (
             "mm/h",
             "mm h-1",
         )
 
-    def checkpoint_error(self, exc: ForecastError) -> DownscaleError:
-        """The loader's message, pointing at ``geogen-downscale``."""
-        return DownscaleError(str(exc).replace("geogen-forecast", "geogen-downscale"))
-
-    def build(self, checkpoint: dict[str, Any]) -> int:
+    def build(self, checkpoint: Checkpoint) -> int:
         """The generator of the checkpoint."""
-        config = self.meta["network_config"].get("generator")
-        try:
-            generator = build_submodule(checkpoint, self.ckpt, config, "network.generator.")
-        except ForecastError as exc:
-            raise DownscaleError(str(exc)) from exc
+        generator = checkpoint.build("generator", "network.generator.")
         self.generator = generator.to(self.device).eval()
         return int(generator.factor)
 

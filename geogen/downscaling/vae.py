@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import numpy as np
 import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.downscaling.checkpoint import CheckpointDownscaler
-from geogen.downscaling.interface import DownscaleError, register_downscaler
-from geogen.forecasting.interface import ForecastError
-from geogen.forecasting.learned import build_submodule, member_generator
+from geogen.downscaling.interface import register_downscaler
+from geogen.inference import member_generator
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +42,24 @@ class VAEDownscaler(CheckpointDownscaler):
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     batch_members
         Members decoded per forward pass (bounds memory).
+    ckpt_sha256
+        Expected SHA-256 of the checkpoint file.
     """
 
     checkpoint_model = "vae"
 
     def __init__(
-        self, ckpt: str | os.PathLike | None = None, device: str = "auto", batch_members: int = 4
+        self,
+        ckpt: str | os.PathLike | None = None,
+        device: str = "auto",
+        batch_members: int = 4,
+        ckpt_sha256: str | None = None,
     ) -> None:
-        super().__init__(ckpt, device, batch_members)
+        super().__init__(ckpt, device, batch_members, ckpt_sha256=ckpt_sha256)
 
-    def build(self, checkpoint: dict[str, Any]) -> int:
+    def build(self, checkpoint: Checkpoint) -> int:
         """The downscaling VAE of the checkpoint."""
-        try:
-            config = self.meta["network_config"]
-            network = build_submodule(checkpoint, self.ckpt, config, "network.")
-        except ForecastError as exc:
-            raise DownscaleError(str(exc)) from None
+        network = checkpoint.build(None, "network.")
         self.network = network.to(self.device).eval()
         return int(network.factor)
 

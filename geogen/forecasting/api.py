@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -49,13 +50,38 @@ def grid_spacing_km(data: xr.DataArray) -> float | None:
     return float(abs(x[1] - x[0]) * scale)
 
 
+def as_context(context: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    """The rain-rate DataArray of ``context``: itself, or the variable of a Dataset.
+
+    A Dataset (what :func:`geogen.open_source` returns) gives its only variable, else its
+    ``precip``; its attributes (``timestep``, ``source``) are kept.
+    """
+    if isinstance(context, xr.DataArray):
+        return context
+    if not isinstance(context, xr.Dataset):
+        raise ForecastError(f"context must be an xarray DataArray or Dataset, not {type(context)}")
+    names = list(context.data_vars)
+    if len(names) == 1:
+        name = names[0]
+    elif FORECAST_VARIABLE in names:
+        name = FORECAST_VARIABLE
+    else:
+        raise ForecastError(
+            f"the context Dataset has variables {names}: pass the rain-rate one "
+            f"(context[{names[0]!r}])"
+        )
+    data = context[name]
+    return data.assign_attrs({**context.attrs, **data.attrs})
+
+
 def forecast(
     model: Forecaster | str,
-    context: xr.DataArray,
+    context: xr.DataArray | xr.Dataset,
     members: int = 1,
     leads: int = 18,
     *,
     seed: int = 0,
+    margin: int = 0,
     progress: bool = False,
     **model_kwargs: Any,
 ) -> xr.DataArray:
@@ -69,13 +95,18 @@ def forecast(
     context
         ``(time, y, x)`` rain rate in mm/h, regularly spaced; at least ``model.n_context``
         frames (the last ones are used). ``x``/``y`` coordinates and a ``crs`` coordinate are
-        carried over to the forecast.
+        carried over to the forecast. A Dataset (:func:`geogen.open_source`'s) gives its rain
+        variable (:func:`as_context`); only the last frames are read.
     members
         Ensemble size (deterministic methods repeat their forecast).
     leads
         Number of lead frames, one time step apart.
     seed
         Seed of the ensemble; the same seed gives the same forecast.
+    margin
+        Pixels of ``context`` on each side of the region of interest: the method forecasts
+        the whole context (rain advected into the region comes from the data around it) and
+        the forecast is returned without them (as ``geogen-forecast margin=N``).
     progress
         Show a progress bar.
 
@@ -85,7 +116,9 @@ def forecast(
         ``precip`` with dims ``(member, lead_time, y, x)`` in mm/h; coordinates ``lead_time``
         (timedelta), ``time`` (valid time, along ``lead_time``), ``issue_time`` (scalar, the
         last context frame), ``x``, ``y`` (and ``crs`` when the context has one); attributes
-        describe the model (``model``, settings, provenance).
+        describe the model: ``model``, ``margin`` and ``settings``, the method's settings and
+        provenance as a JSON string (``json.loads(fc.attrs["settings"])``), so that
+        ``fc.to_netcdf(path)`` works as it is.
     """
     if isinstance(model, str):
         model = get_forecaster(model, **model_kwargs)
@@ -93,9 +126,16 @@ def forecast(
         raise TypeError("model_kwargs are only used when model is given by name")
     if members < 1 or leads < 1:
         raise ForecastError(f"members ({members}) and leads ({leads}) must be >= 1")
+    context = as_context(context)
     if set(context.dims) != {"time", "y", "x"}:
         raise ForecastError(f"context must have dims (time, y, x), not {context.dims}")
     context = context.transpose("time", "y", "x")
+    margin = int(margin)
+    if margin < 0 or 2 * margin >= min(context.sizes["y"], context.sizes["x"]):
+        raise ForecastError(
+            f"margin={margin} must be >= 0 and leave pixels of the {context.sizes['y']} x "
+            f"{context.sizes['x']} context"
+        )
     if context.sizes["time"] < model.n_context:
         raise ForecastError(
             f"{model.name} needs {model.n_context} context frames, got {context.sizes['time']}"
@@ -139,6 +179,7 @@ def forecast(
         "members": members,
         "seed": seed,
         "timestep_minutes": step,
+        "margin": margin,
     }
     if "crs" in context.coords:
         attrs["grid_mapping"] = "crs"
@@ -149,5 +190,7 @@ def forecast(
         name=FORECAST_VARIABLE,
         attrs=attrs,
     )
-    out.attrs["settings"] = model.describe()
+    out.attrs["settings"] = json.dumps(model.describe(), default=str)
+    if margin:
+        out = out.isel(y=slice(margin, -margin), x=slice(margin, -margin))
     return out

@@ -15,6 +15,11 @@ network runs, the last context frames are extrapolated over the lead times by py
 (:func:`geogen.data.advection.advect`, with the advection settings the checkpoint was trained
 with), on the whole context domain: with ``margin=N`` (``geogen-forecast``, ``geogen-score``)
 rain advected into the region comes from the radar data around it.
+
+:class:`AdvectionNowcaster` is :class:`~geogen.forecasting.learned.DGMRNowcaster` with one
+hook overridden, :meth:`~AdvectionNowcaster.conditions`: the advected frames, computed once per
+forecast and handed to the generator as ``advected=`` (mapped to model space and padded like
+the context). The memory-bounded sampler is the one of ``dgmr``.
 """
 
 from __future__ import annotations
@@ -23,16 +28,69 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.forecasting.interface import ForecastError, register_forecaster
-from geogen.forecasting.learned import DGMRForecaster, check_context
+from geogen.forecasting.learned import CheckpointForecaster, DGMRNowcaster
 
 log = logging.getLogger(__name__)
 
 
+class AdvectionNowcaster(DGMRNowcaster):
+    """An :class:`~geogen.models.dgmr_advect.AdvectionGenerator` as an inference module.
+
+    Parameters
+    ----------
+    generator
+        The generator (conditioned on ``advected``).
+    transform, nan_fill, sampler_memory
+        See :class:`~geogen.forecasting.learned.DGMRNowcaster`.
+    advection
+        The advection settings the generator was trained with
+        (:func:`geogen.data.advection.advect`).
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        transform: Any,
+        *,
+        advection: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(generator, transform, **kwargs)
+        if "advected" not in getattr(generator, "conditions", ()):
+            raise ForecastError("the generator is not conditioned on advection")
+        self.advection = advection
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> AdvectionNowcaster:
+        """The generator of the checkpoint with its training advection settings."""
+        generator = checkpoint.build("generator", "network.generator.")
+        if "advected" not in getattr(generator, "conditions", ()):
+            raise ForecastError(f"{checkpoint.path}: the generator is not conditioned on advection")
+        data = checkpoint.data
+        return cls(
+            generator,
+            checkpoint.transform(),
+            advection=data.get("advection"),
+            nan_fill=data.get("nan_fill", 0),
+        )
+
+    def conditions(
+        self, context: np.ndarray, leads: int, timestep_minutes: float
+    ) -> dict[str, np.ndarray]:
+        """``advected``: pysteps' extrapolation of the context over the leads, mm/h."""
+        from geogen.data.advection import advect
+
+        advected = advect(
+            context, leads, timestep_minutes=timestep_minutes, settings=self.advection
+        )
+        return {"advected": advected}
+
+
 @register_forecaster("dgmr_advect")
-class DGMRAdvectForecaster(DGMRForecaster):
+class DGMRAdvectForecaster(CheckpointForecaster):
     """Ensemble nowcasts with a trained :class:`~geogen.models.dgmr_advect.AdvectionGenerator`.
 
     Parameters
@@ -44,78 +102,8 @@ class DGMRAdvectForecaster(DGMRForecaster):
         See :class:`~geogen.forecasting.learned.CheckpointForecaster`.
     """
 
-    checkpoint_model = "dgmr_advect"
-
-    def build(self, checkpoint: dict[str, Any]) -> int:
-        """The generator of the checkpoint (it must be conditioned on advection)."""
-        n_context = super().build(checkpoint)
-        if "advected" not in getattr(self.generator, "conditions", ()):
-            raise ForecastError(f"{self.ckpt}: the generator is not conditioned on advection")
-        self._advected: torch.Tensor | None = None
-        return n_context
+    module_class = AdvectionNowcaster
 
     def describe(self) -> dict[str, Any]:
         """As ``dgmr``, with the advection settings."""
         return {**super().describe(), "advection": self.data.get("advection")}
-
-    def predict(
-        self,
-        context: np.ndarray,
-        *,
-        leads: int,
-        members: int,
-        seed: int,
-        timestep_minutes: float,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """``(member, lead, y, x)`` mm/h from ``context`` ``(time, y, x)`` mm/h."""
-        from geogen.data.advection import advect
-
-        frames = check_context(
-            self.name, context, self.n_context, timestep_minutes, self.timestep_minutes
-        )
-        advected = advect(
-            frames, leads, timestep_minutes=timestep_minutes, settings=self.data.get("advection")
-        )
-        model_space = np.asarray(self.transform.forward(advected), dtype=np.float32)
-        m = self.size_multiple
-        ny, nx = advected.shape[1:]
-        zero = float(self.transform.forward(np.float32(0.0)))
-        padded = np.pad(model_space, ((0, 0), (0, (-ny) % m), (0, (-nx) % m)), constant_values=zero)
-        self._advected = torch.from_numpy(padded)[None].to(self.device)
-        try:
-            return super().predict(
-                context,
-                leads=leads,
-                members=members,
-                seed=seed,
-                timestep_minutes=timestep_minutes,
-                progress=progress,
-            )
-        finally:
-            self._advected = None
-
-    def forecast_batch(
-        self, inputs: torch.Tensor, leads: int, members: range, seed: int
-    ) -> torch.Tensor:
-        """Generator samples, member ``m`` from latent noise seeded with ``(seed, m)``."""
-        if self._advected is None or self._advected.shape[1] != leads:
-            raise ForecastError("forecast_batch needs the advected frames: call predict")
-        from geogen.forecasting.learned import member_generator
-
-        height, width = inputs.shape[-2:]
-        latents, noises = [], []
-        for m in members:  # each member's draws come from its own (seed, member) generator
-            generator = member_generator(seed, m)
-            latents.append(self.generator.sample_latent(1, height, width, generator=generator))
-            noises.append(self.generator.sample_noise(1, leads, height, width, generator=generator))
-        z = torch.cat(latents).to(self.device)
-        noise = [torch.cat(scale).to(self.device) for scale in zip(*noises, strict=True)]
-        n = len(members)
-        return self.generator(
-            inputs.expand(n, -1, -1, -1),
-            leads,
-            z=z,
-            advected=self._advected.expand(n, -1, -1, -1).to(inputs.dtype),
-            noise=noise or None,
-        )

@@ -10,7 +10,9 @@ or ``geogen-forecast model=flow ckpt=last.ckpt source=mch time=... members=20 ou
 The flow forecasts frame by frame: lead ``l`` is drawn from ``p(frame | the k frames before
 it)``, the earlier lead frames being the member's own samples (mapped to mm/h, dry below the
 training ``dry_threshold``, and back to model space, as the observed context is). As for DGMR
-(:mod:`geogen.forecasting.learned`, whose checkpoint loader and helpers are reused): missing
+(:mod:`geogen.forecasting.learned`; checkpoints are found and checked by
+:class:`geogen.checkpoint.Checkpoint`, the context is pre-processed by
+:func:`geogen.inference.to_model_space`): missing
 context pixels are filled with the store's ``nan_fill``; the domain is padded (zero rain) to
 multiples of ``2^levels`` and cropped back; member ``m`` draws all its noise from a generator
 seeded with ``(seed, m)``, so members do not depend on batching; the output is NaN where the
@@ -26,16 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.forecasting.interface import Forecaster, ForecastError, register_forecaster
-from geogen.forecasting.learned import (
-    build_submodule,
-    check_context,
-    load_geogen_checkpoint,
-    member_batches,
-    member_generator,
-    resolve_device,
-    sha256_file,
-)
+from geogen.forecasting.learned import check_context
+from geogen.inference import member_batches, member_generator, resolve_device, to_model_space
 
 log = logging.getLogger(__name__)
 
@@ -45,59 +41,26 @@ class FlowCheckpoint:
 
     Parameters
     ----------
-    ckpt
-        Checkpoint of ``geogen-train experiment=flow_*``.
-    task
-        ``"nowcast"`` or ``"downscale"``: the task the checkpoint must have been trained on.
+    checkpoint
+        The checkpoint of ``geogen-train experiment=flow_*``, read and checked (model ``flow``,
+        task) by :meth:`geogen.checkpoint.Checkpoint.load`.
     device
         Where the network runs.
-    error
-        Exception class of the messages.
-    checkpoint, sha256
-        The checkpoint already read (by :func:`load_geogen_checkpoint`) and its SHA-256, to
-        avoid reading it again.
     """
 
-    def __init__(
-        self,
-        ckpt: str | os.PathLike,
-        task: str,
-        device: torch.device,
-        error: type[Exception] = ForecastError,
-        checkpoint: dict[str, Any] | None = None,
-        sha256: str | None = None,
-    ) -> None:
-        from geogen.data.transforms import get_transform
-
-        if checkpoint is None:
-            try:
-                checkpoint = load_geogen_checkpoint(ckpt, "flow")
-            except ForecastError as exc:
-                raise error(str(exc)) from exc
-        meta = checkpoint["geogen"]
-        self.meta = meta
-        self.data = dict(meta["data"])
-        if self.data.get("task") != task:
-            nowcast = self.data.get("task") == "nowcast"
-            command = "geogen-forecast" if nowcast else "geogen-downscale"
-            raise error(
-                f"{ckpt} is a flow trained for {self.data.get('task')!r}, not {task!r} "
-                f"(use {command} model=flow)"
-            )
-        self.ckpt = str(ckpt)
-        self.sha256 = sha256 or sha256_file(ckpt)
-        try:
-            network = build_submodule(checkpoint, ckpt, meta["network_config"], "network.")
-        except ForecastError as exc:
-            raise error(str(exc)) from exc
-        self.network = network.to(device).eval()
-        hparams = checkpoint.get("hyper_parameters") or {}
+    def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
+        self.checkpoint = checkpoint
+        self.meta = checkpoint.meta
+        self.data = checkpoint.data
+        self.ckpt = str(checkpoint.path)
+        self.sha256 = checkpoint.sha256
+        self.network = checkpoint.build(None, "network.").to(device).eval()
+        hparams = checkpoint.hyper_parameters
         self.dry_threshold = float(hparams.get("dry_threshold", 0.1))
         self.temperature = float(hparams.get("temperature", 1.0))
         self.max_rain = float(hparams.get("max_rain", 300.0))
         self.capped = 0  # generated values capped at max_rain (counted for a warning)
-        spec = dict(self.data.get("transform") or {"name": "identity"})
-        self.transform = get_transform(spec.pop("name"), **spec)
+        self.transform = checkpoint.transform()
 
     def requantize(self, values: torch.Tensor) -> torch.Tensor:
         """Model-space ``values``: 0 mm/h below the dry threshold, at most ``max_rain`` mm/h."""
@@ -119,24 +82,15 @@ class FlowCheckpoint:
             )
             self.capped = 0
 
-    def to_model(self, rain: np.ndarray, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """mm/h ``(T, y, x)`` (NaN filled) -> padded model-space tensor and the padding."""
-        filled = np.where(np.isfinite(rain), rain, np.float32(self.data.get("nan_fill", 0.0)))
-        values = np.asarray(self.transform.forward(filled), dtype=np.float32)
-        ny, nx = rain.shape[-2:]
-        pad = ((-ny) % multiple, (-nx) % multiple)
-        zero = float(self.transform.forward(np.float32(0.0)))
-        padded = np.pad(values, ((0, 0), (0, pad[0]), (0, pad[1])), constant_values=zero)
-        return torch.from_numpy(padded), pad
+    def to_model(self, rain: np.ndarray, multiple: int) -> torch.Tensor:
+        """mm/h ``(T, y, x)`` (NaN: no data) -> padded model-space tensor ``(T, Y, X)``."""
+        nan_fill = self.data.get("nan_fill", 0.0)
+        return torch.from_numpy(to_model_space(rain, self.transform, nan_fill, multiple))
 
     def describe(self) -> dict[str, Any]:
         """Checkpoint path and SHA-256, network config, training data, sampling settings."""
         return {
-            "checkpoint": self.ckpt,
-            "checkpoint_sha256": self.sha256,
-            "network_config": self.meta.get("network_config"),
-            "training_data": self.data,
-            "versions": self.meta.get("versions"),
+            **self.checkpoint.describe(),
             "dry_threshold_mm_h": self.dry_threshold,
             "max_rain_mm_h": self.max_rain,
             "temperature": self.temperature,
@@ -166,9 +120,12 @@ class FlowForecaster(Forecaster):
         Members sampled per pass (bounds memory).
     temperature
         Scale of the latent noise (default: the method's, 1 = samples of the model).
+    ckpt_sha256
+        Expected SHA-256 of the checkpoint file (refused when it differs).
     """
 
     stochastic = True
+    learned = True
 
     def __init__(
         self,
@@ -176,13 +133,13 @@ class FlowForecaster(Forecaster):
         device: str = "auto",
         batch_members: int = 4,
         temperature: float | None = None,
+        ckpt_sha256: str | None = None,
     ) -> None:
-        if ckpt is None:
-            raise ForecastError("model=flow needs a checkpoint: ckpt=PATH (from geogen-train)")
         if int(batch_members) < 1:
             raise ForecastError(f"batch_members must be >= 1, got {batch_members}")
         self.device = resolve_device(device)
-        self.model = FlowCheckpoint(ckpt, "nowcast", self.device)
+        checkpoint = Checkpoint.load(self.name, ckpt, ckpt_sha256, error=ForecastError)
+        self.model = FlowCheckpoint(checkpoint, self.device)
         self.network = self.model.network
         self.batch_members = int(batch_members)
         self.temperature = self.model.temperature if temperature is None else float(temperature)
@@ -192,7 +149,7 @@ class FlowForecaster(Forecaster):
         self.timestep_minutes = float(self.model.data["timestep_minutes"])
         log.info(
             "flow: %s (sha256 %s), %d context frames every %g min, on %s",
-            ckpt,
+            self.model.ckpt,
             self.model.sha256[:12],
             self.n_context,
             self.timestep_minutes,
@@ -231,7 +188,7 @@ class FlowForecaster(Forecaster):
                 f"domain of {ny} x {nx} pixels is too small for the flow: at least {multiple}"
             )
         no_data = ~np.isfinite(context[-1])
-        inputs, _ = self.model.to_model(context, multiple)
+        inputs = self.model.to_model(context, multiple)
         inputs = inputs[None].to(self.device)
         height, width = inputs.shape[-2:]
         out = np.empty((members, leads, ny, nx), dtype=np.float32)

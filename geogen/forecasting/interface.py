@@ -53,6 +53,9 @@ class Forecaster(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Whether the method runs a trained checkpoint (and takes ``ckpt``, ``device``,
+    #: ``batch_members``; shipped checkpoints need no ``ckpt``).
+    learned: ClassVar[bool] = False
     n_context: int = 1
     stochastic: bool = False
     timestep_minutes: float | None = None
@@ -128,6 +131,15 @@ def register_forecaster(
 def available_forecasters() -> list[str]:
     """Names of the registered forecasters."""
     return FORECASTERS.names()
+
+
+def is_learned(name: str) -> bool:
+    """Whether the forecaster registered under ``name`` runs a checkpoint (``False`` if unknown)."""
+    try:
+        factory = FORECASTERS.factory(name)
+    except ForecastError:
+        return False
+    return bool(getattr(factory, "learned", False))
 
 
 def get_forecaster(name: str, **kwargs: Any) -> Forecaster:

@@ -108,7 +108,9 @@ def read_context(
     ForecastError
         When a context frame is missing (the message names the times).
     """
-    src_cfg = _source_config(source, overrides)
+    from geogen.config import source_config
+
+    src_cfg = source_config(source, **overrides)
     step = pd.Timedelta(minutes=float(src_cfg["timestep"]))
     issue = to_timestamp(time)
     if issue is None:
@@ -151,20 +153,14 @@ def read_observations(
     **overrides: Any,
 ) -> xr.DataArray:
     """Observed frames at each lead time after ``issue_time`` (missing ones are left out)."""
-    src_cfg = _source_config(source, overrides)
+    from geogen.config import source_config
+
+    src_cfg = source_config(source, **overrides)
     step = pd.Timedelta(minutes=float(src_cfg["timestep"]))
     issue = to_timestamp(issue_time)
     return read_frames(
         src_cfg, issue + step, issue + leads * step, region=region, require_all=False
     )
-
-
-def _source_config(source: Mapping[str, Any] | str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    from geogen.config import load_source_config, to_plain
-
-    if isinstance(source, str):
-        return load_source_config(source, **overrides)
-    return {**to_plain(source), **overrides}
 
 
 # --------------------------------------------------------------------------------------------

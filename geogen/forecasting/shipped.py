@@ -7,7 +7,9 @@
 ``geogen-forecast model=dgmr_advect`` (no ``ckpt=``) forecasts with the shipped checkpoint of
 that model; every load checks the file's SHA-256 against the index first, so a corrupted or
 replaced file is refused with an error saying so. Any checkpoint can be checked the same way
-with ``ckpt_sha256=...``.
+with ``ckpt_sha256=...``. Finding, checking and reading checkpoints is
+:mod:`geogen.checkpoint` (shared by forecasters and downscalers); this module writes them
+(``python -m geogen.forecasting.shipped export``).
 """
 
 from __future__ import annotations
@@ -17,99 +19,33 @@ import os
 from pathlib import Path
 from typing import Any
 
+from geogen.atomic import atomic_path
+from geogen.checkpoint import (
+    CHECKPOINT_KEY,
+    INDEX,
+    INT8_SCALES,
+    dequantize_int8,
+    quantize_int8,
+    read_checkpoint,
+    resolve_checkpoint,
+    sha256_file,
+    shipped_dir,
+    shipped_index,
+    verify_sha256,
+)
 from geogen.forecasting.interface import ForecastError
 
-#: Index file of the shipped checkpoints.
-INDEX = "index.json"
-#: Checkpoint entry holding the per-channel scales of int8 weights (``export --int8``).
-INT8_SCALES = "int8_scales"
-
-
-def shipped_dir() -> Path:
-    """The folder of the shipped checkpoints (the checkout's ``checkpoints/`` first)."""
-    from geogen.config import PACKAGE_DIR, REPO_ROOT
-
-    for candidate in (REPO_ROOT / "checkpoints", PACKAGE_DIR / "checkpoints"):
-        if (candidate / INDEX).is_file():
-            return candidate
-    return REPO_ROOT / "checkpoints"
-
-
-def shipped_index() -> dict[str, dict[str, Any]]:
-    """``{model: {"file", "sha256", ...}}`` of the shipped checkpoints (``{}`` when none)."""
-    path = shipped_dir() / INDEX
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ForecastError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def verify_sha256(path: str | os.PathLike, expected: str) -> str:
-    """Return the SHA-256 of ``path``; raise :class:`ForecastError` unless it is ``expected``."""
-    from geogen.forecasting.learned import sha256_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ForecastError(f"no checkpoint file at {path}")
-    actual = sha256_file(path)
-    if actual.lower() != str(expected).strip().lower():
-        raise ForecastError(
-            f"{path}: SHA-256 mismatch, the file is {actual} but {expected} was expected; the "
-            "checkpoint is corrupted or not the one asked for (re-fetch it, or pass the right "
-            "ckpt_sha256)"
-        )
-    return actual
-
-
-def resolve_checkpoint(
-    model: str, ckpt: str | os.PathLike | None, ckpt_sha256: str | None = None
-) -> Path:
-    """The checkpoint to load for ``model``: ``ckpt``, else the shipped one; hash-checked.
-
-    Raises
-    ------
-    ForecastError
-        When no ``ckpt`` is given and none is shipped for ``model``, or a SHA-256 differs.
-    """
-    if ckpt is None:
-        entry = shipped_index().get(model)
-        if entry is None:
-            shipped = ", ".join(sorted(shipped_index())) or "none"
-            raise ForecastError(
-                f"model={model} needs a checkpoint: ckpt=PATH (from geogen-train); geogen "
-                f"ships checkpoints for: {shipped}"
-            )
-        path = shipped_dir() / entry["file"]
-        verify_sha256(path, ckpt_sha256 or entry["sha256"])
-        return path
-    if ckpt_sha256:
-        verify_sha256(ckpt, ckpt_sha256)
-    return Path(ckpt)
-
-
-def quantize_int8(weight: Any) -> tuple[Any, Any]:
-    """``(int8 weight, float32 scales)`` with ``weight ~ q * scale``.
-
-    One symmetric scale per slice of the first dimension (a convolution's output channel).
-    """
-    import torch
-
-    flat = weight.detach().float().reshape(weight.shape[0], -1)
-    scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
-    q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q.reshape(weight.shape), scale
-
-
-def dequantize_int8(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint with its int8 weights (``INT8_SCALES``) restored to float32, in place."""
-    scales = checkpoint.pop(INT8_SCALES, None) or {}
-    state = checkpoint["state_dict"]
-    for key, scale in scales.items():
-        q = state[key]
-        state[key] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))
-    return checkpoint
+__all__ = [
+    "INDEX",
+    "INT8_SCALES",
+    "dequantize_int8",
+    "export_checkpoint",
+    "quantize_int8",
+    "resolve_checkpoint",
+    "shipped_dir",
+    "shipped_index",
+    "verify_sha256",
+]
 
 
 def export_checkpoint(
@@ -127,9 +63,8 @@ def export_checkpoint(
     state; ``half`` stores floating-point weights as float16 (they are loaded back into the
     float32 network); ``int8`` stores each weight of two or more dimensions as int8 with one
     float32 scale per output channel (symmetric, ``scale = max|w| / 127``; the other tensors
-    as with ``half``), half the size again; :func:`geogen.forecasting.learned.
-    load_geogen_checkpoint` restores float32 weights. The file is written to a temporary path
-    and renamed.
+    as with ``half``), half the size again; :func:`geogen.checkpoint.read_checkpoint` restores
+    float32 weights. The file is written to a temporary path and renamed.
 
     Returns
     -------
@@ -138,11 +73,7 @@ def export_checkpoint(
     """
     import torch
 
-    from geogen.forecasting.learned import load_geogen_checkpoint, sha256_file
-    from geogen.methods.base import CHECKPOINT_KEY
-
-    meta = torch.load(src, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY) or {}
-    checkpoint = load_geogen_checkpoint(src, str(meta.get("model")))
+    checkpoint = read_checkpoint(src, error=ForecastError)
     state, scales = {}, {}
     for key, value in checkpoint["state_dict"].items():
         if not key.startswith(prefix):
@@ -165,9 +96,8 @@ def export_checkpoint(
         slim[INT8_SCALES] = scales
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    torch.save(slim, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        torch.save(slim, tmp)
     return {
         "file": dst.name,
         "sha256": sha256_file(dst),
@@ -204,10 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         name = args.model or meta["model"]
         index_path = Path(args.dst).parent / INDEX
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        index[name] = {**index.get(name, {}), **entry, "model": meta["model"]}
-        tmp = index_path.with_name(f".{INDEX}.tmp")
-        tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, index_path)
+        task = (meta.get("data") or {}).get("task", "nowcast")
+        index[name] = {**index.get(name, {}), **entry, "model": meta["model"], "task": task}
+        with atomic_path(index_path) as tmp:
+            tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     print(json.dumps(entry, indent=2))
 
 

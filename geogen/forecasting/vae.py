@@ -22,41 +22,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from geogen.forecasting.interface import ForecastError, register_forecaster
-from geogen.forecasting.learned import CheckpointForecaster, build_submodule, member_generator
+from geogen.checkpoint import Checkpoint
+from geogen.forecasting.interface import register_forecaster
+from geogen.forecasting.learned import CheckpointForecaster
+from geogen.inference import NowcastModel, member_generator
 
 log = logging.getLogger(__name__)
 
 
-@register_forecaster("vae")
-class VAEForecaster(CheckpointForecaster):
-    """Ensemble nowcasts with a trained :class:`~geogen.models.vae.NowcastVAE`.
+class VAENowcaster(NowcastModel):
+    """A :class:`~geogen.models.vae.NowcastVAE` as an inference module (module docstring)."""
 
-    Parameters
-    ----------
-    ckpt
-        Checkpoint written by ``geogen-train experiment=vae_nowcast`` (or ``_tiny``).
-    device, batch_members, precision
-        See :class:`~geogen.forecasting.learned.CheckpointForecaster`.
-    """
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> VAENowcaster:
+        """The nowcasting VAE of the checkpoint (weights under ``network.``)."""
+        network = checkpoint.build(None, "network.")
+        multiple = int(network.size_multiple)
+        return cls(
+            network,
+            checkpoint.transform(),
+            context_frames=int(network.context_frames),
+            nan_fill=checkpoint.data.get("nan_fill", 0),
+            size_multiple=multiple,
+            min_domain=multiple,
+        )
 
-    checkpoint_model = "vae"
-
-    def build(self, checkpoint: dict[str, Any]) -> int:
-        """The nowcasting VAE of the checkpoint (a downscaling one is refused)."""
-        if self.data.get("task") != "nowcast":
-            raise ForecastError(
-                f"{self.ckpt} is a VAE trained on a {self.data.get('task')!r} store; "
-                "use geogen-downscale model=vae"
-            )
-        network = build_submodule(checkpoint, self.ckpt, self.meta["network_config"], "network.")
-        self.network = network.to(self.device).eval()
-        self.size_multiple = int(network.size_multiple)
-        self.min_domain = int(network.size_multiple)
-        return int(network.context_frames)
-
-    def forecast_batch(
-        self, inputs: torch.Tensor, leads: int, members: range, seed: int
+    def forward(
+        self, inputs: torch.Tensor, leads: int, members: range, seed: int, **conditions: Any
     ) -> torch.Tensor:
         """Point forecasts of ``z`` drawn from the prior, member ``m`` seeded with ``(seed, m)``."""
         height, width = inputs.shape[-2:]
@@ -69,3 +61,18 @@ class VAEForecaster(CheckpointForecaster):
         params = self.network.sample(inputs.expand(len(members), -1, -1, -1), leads, eps=eps)
         zero = float(self.transform.forward(np.float32(0.0)))
         return self.network.point(params, zero)
+
+
+@register_forecaster("vae")
+class VAEForecaster(CheckpointForecaster):
+    """Ensemble nowcasts with a trained :class:`~geogen.models.vae.NowcastVAE`.
+
+    Parameters
+    ----------
+    ckpt
+        Checkpoint written by ``geogen-train experiment=vae_nowcast`` (or ``_tiny``).
+    device, batch_members, precision, ckpt_sha256
+        See :class:`~geogen.forecasting.learned.CheckpointForecaster`.
+    """
+
+    module_class = VAENowcaster

@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from geogen.checkpoint import CHECKPOINT_KEY  # geogen's own entry in a Lightning checkpoint
 from geogen.data.dataset import as_store_paths
 from geogen.data.transforms import Transform, get_transform
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-#: Key of geogen's own entry in a Lightning checkpoint.
-CHECKPOINT_KEY = "geogen"
 #: Key of the random number generator states saved for exact resume.
 RNG_KEY = "geogen_rng_states"
 

@@ -44,6 +44,7 @@ convolutions are plain in the pseudocode.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: The generator's spatial reduction: inputs must be multiples of this.
 DOWNSCALE = 32
+#: Per-lead features of a conditioned sampler: coarse to fine, or a callable of (first, steps).
+ExtraFeatures = Sequence[torch.Tensor] | Callable[[int, int], Sequence[torch.Tensor]]
 
 
 def _check_frames(name: str, frames: torch.Tensor, n_frames: int | None, multiple: int) -> None:
@@ -190,37 +193,92 @@ class Sampler(nn.Module):
         states: list[torch.Tensor],
         latent: torch.Tensor,
         lead_frames: int,
-        extras: list[torch.Tensor] | None = None,
+        extras: ExtraFeatures | None = None,
+        *,
+        lead_chunk: int | None = None,
     ) -> torch.Tensor:
         """Initial states (fine to coarse) + latent features -> ``(B, L, H, W)`` (pre-ReLU).
 
-        With ``in_channels > 1`` the output is ``(B, L, in_channels, H, W)``. ``extras`` (with
-        ``extra_channels``): per-lead features, coarse to fine, each
-        ``(B, L, extra_channels[level], h, w)`` at that level's resolution.
+        Parameters
+        ----------
+        states
+            The conditioning stack's states, fine to coarse, ``(B, C, h, w)`` each.
+        latent
+            Latent features ``(B, 32c, H/32, W/32)``, the coarsest GRU's input at every step.
+        lead_frames
+            Number of lead frames ``L``.
+        extras
+            With ``extra_channels``: per-lead features, coarse to fine, each
+            ``(B, L, extra_channels[level], h, w)`` at that level's resolution; or a callable
+            ``(first, steps) -> features`` of leads ``first .. first + steps - 1`` only (computed
+            chunk by chunk, so that features of all leads are never alive at once).
+        lead_chunk
+            Unroll the leads in chunks of at most this many (memory-bounded sampling): all four
+            levels for one chunk before the next, each level's ConvGRU state carried over and
+            each chunk normalised with its own leads' statistics. Any chunk gives the same
+            output as ``None`` (all leads at once) to float rounding.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, L, H, W)``, or ``(B, L, in_channels, H, W)`` with ``in_channels > 1``.
         """
         b = latent.shape[0]
-        if any(self.extra_channels) and (extras is None or len(extras) != 4):
+        if any(self.extra_channels) and extras is None:
             raise ValueError("this sampler takes 4 levels of per-lead features (extras)")
-        inputs: torch.Tensor | None = None  # (B, L, C, h, w) from the coarser level
-        for level, state in enumerate(reversed(states)):
+        chunk = lead_frames if lead_chunk is None else max(1, min(int(lead_chunk), lead_frames))
+        states = list(reversed(states))  # coarse to fine, as the levels
+        out: torch.Tensor | None = None
+        for first in range(0, lead_frames, chunk):
+            steps = min(chunk, lead_frames - first)
+            features = None
+            if any(self.extra_channels):
+                if callable(extras):
+                    features = extras(first, steps)
+                else:
+                    features = [e[:, first : first + steps] for e in extras]
+                if len(features) != 4:
+                    raise ValueError("this sampler takes 4 levels of per-lead features (extras)")
+            frames = self._unroll(states, latent, first, steps, features)
+            if out is None:
+                out = frames.new_empty((b, lead_frames, *frames.shape[2:]))
+            out[:, first : first + steps] = frames
+        if self.in_channels == 1:
+            return out[:, :, 0]
+        return out
+
+    def _unroll(
+        self,
+        states: list[torch.Tensor],
+        latent: torch.Tensor,
+        first: int,
+        steps: int,
+        features: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Leads ``first .. first + steps - 1``: ``(B, steps, in_channels, H, W)``.
+
+        ``states`` (coarse to fine) are updated in place to the GRU states after the last of
+        these leads.
+        """
+        b = latent.shape[0]
+        inputs: torch.Tensor | None = None  # (B, steps, C, h, w) from the coarser level
+        for level, gru in enumerate(self.grus):
             outputs = []
-            for step in range(lead_frames):
+            for step in range(steps):
                 x = latent if inputs is None else inputs[:, step]
                 if self.extra_channels[level]:
-                    x = torch.cat([x, extras[level][:, step]], dim=1)
-                state = self.grus[level](x, state)
-                outputs.append(state)
-            h = torch.stack(outputs, dim=1).flatten(0, 1)  # (B * L, C, h, w), batch-major
+                    x = torch.cat([x, features[level][:, step].to(x.dtype)], dim=1)
+                states[level] = gru(x, states[level])
+                outputs.append(states[level])
+            h = torch.stack(outputs, dim=1).flatten(0, 1)  # (B * steps, C, h, w), batch-major
             h = self.convs[level](h)
-            h = self.gblocks[level](h, steps=lead_frames)
-            h = self.up_gblocks[level](h, steps=lead_frames)
-            inputs = h.unflatten(0, (b, lead_frames))
+            h = self.gblocks[level](h, steps=steps, first_step=first)
+            h = self.up_gblocks[level](h, steps=steps, first_step=first)
+            inputs = h.unflatten(0, (b, steps))
         h = inputs.flatten(0, 1)
-        h = self.output_conv(F.relu(self.output_bn(h, steps=lead_frames)))
-        h = depth_to_space(h)  # (B * L, in_channels, H, W)
-        if self.in_channels == 1:
-            return h.reshape(b, lead_frames, *h.shape[-2:])
-        return h.reshape(b, lead_frames, self.in_channels, *h.shape[-2:])
+        h = self.output_conv(F.relu(self.output_bn(h, steps=steps, first_step=first)))
+        h = depth_to_space(h)  # (B * steps, in_channels, H, W)
+        return h.reshape(b, steps, self.in_channels, *h.shape[-2:])
 
 
 class Generator(nn.Module):
@@ -292,6 +350,33 @@ class Generator(nn.Module):
         )
         return z.to(device=device, dtype=dtype)
 
+    def lead_chunk(self, memory: float, batch: int, height: int, width: int) -> int:
+        """Leads per chunk that keep about ``memory`` bytes of sampler activations alive.
+
+        About ``56 * base_channels`` bytes per pixel of the half-resolution grid per member and
+        lead (float32; measured: 160 MB at the paper's width on the 640 x 736 padded
+        MeteoSwiss domain). At least 1.
+        """
+        per_lead = 56 * self.base_channels * (height // 2) * (width // 2) * max(1, batch)
+        return int(max(1, memory // per_lead))
+
+    def check_latent(self, z: torch.Tensor, batch: int, height: int, width: int) -> None:
+        """Raise a ``ValueError`` unless ``z`` is ``(batch, latent_channels, y / 32, x / 32)``."""
+        expected = (batch, *self.latent_shape(height, width))
+        if tuple(z.shape) != expected:
+            raise ValueError(f"z must have shape {expected}, got {tuple(z.shape)}")
+
+    def initial_states(self, context: torch.Tensor, batch: int) -> list[torch.Tensor]:
+        """The conditioning stack's states of ``context``, expanded to ``batch`` members.
+
+        A context of batch 1 is conditioned once and shared by the ``batch`` members (the
+        ensemble of one forecast: the same context, different latents).
+        """
+        states = self.conditioning_stack(context)
+        if context.shape[0] == batch:
+            return states
+        return [s.expand(batch, -1, -1, -1) for s in states]
+
     def forward(
         self,
         context: torch.Tensor,
@@ -299,6 +384,7 @@ class Generator(nn.Module):
         *,
         z: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        lead_chunk: int | None = None,
     ) -> torch.Tensor:
         """Forecast lead frames.
 
@@ -306,6 +392,8 @@ class Generator(nn.Module):
         ----------
         context
             ``(batch, context_frames, y, x)`` in model space; ``y`` and ``x`` multiples of 32.
+            A context of batch 1 with ``z`` of batch ``n`` forecasts ``n`` members of that one
+            context (its conditioning stack runs once).
         lead_frames
             Number of lead frames (default: ``self.lead_frames``).
         z
@@ -313,6 +401,9 @@ class Generator(nn.Module):
             independently for every example with ``generator``.
         generator
             Random generator for ``z``.
+        lead_chunk
+            Unroll the sampler over chunks of at most this many leads (memory-bounded
+            sampling, see :meth:`Sampler.forward` and :meth:`lead_chunk`); the same forecast.
 
         Returns
         -------
@@ -328,15 +419,12 @@ class Generator(nn.Module):
             z = self.sample_latent(
                 b, h, w, generator=generator, device=context.device, dtype=context.dtype
             )
-        elif tuple(z.shape) != (b, *self.latent_shape(h, w)):
-            raise ValueError(
-                f"z must have shape {(b, *self.latent_shape(h, w))}, got {tuple(z.shape)}"
-            )
+        self.check_latent(z, b if b > 1 else z.shape[0], h, w)
         # Spectrally normalised weights are computed once per forward, not at every lead step.
         with parametrize.cached():
-            states = self.conditioning_stack(context)
+            states = self.initial_states(context, z.shape[0])
             latent = self.latent_stack(z.to(context.dtype))
-            out = self.sampler(states, latent, lead_frames)
+            out = self.sampler(states, latent, lead_frames, lead_chunk=lead_chunk)
         return F.relu(out) if self.output_activation == "relu" else out
 
 

@@ -206,6 +206,7 @@ class AdvectionGenerator(Generator):
         z: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         noise: list[torch.Tensor] | None = None,
+        lead_chunk: int | None = None,
     ) -> torch.Tensor:
         """Forecast lead frames from context frames and their advection forecast.
 
@@ -213,16 +214,21 @@ class AdvectionGenerator(Generator):
         ----------
         context
             ``(batch, context_frames, y, x)`` in model space; ``y`` and ``x`` multiples of 32.
+            Batch 1 with ``z`` of batch ``n``: ``n`` members of that one context.
         lead_frames
             Number of lead frames (default: ``advected.shape[1]``).
         advected
-            ``(batch, lead_frames, y, x)``: the extrapolation of the last context frame, in
-            model space (:func:`geogen.data.advection.advect`).
+            ``(batch, lead_frames, y, x)`` (or batch 1, shared by the members): the
+            extrapolation of the last context frame, in model space
+            (:func:`geogen.data.advection.advect`).
         z, generator
             Latent noise, as :meth:`Generator.forward`.
         noise
             With ``noise_scales``: the innovations of :meth:`sample_noise` (drawn with
             ``generator`` when ``None``).
+        lead_chunk
+            Unroll the sampler (and encode the advected frames) over chunks of at most this
+            many leads (memory-bounded sampling); the same forecast.
 
         Returns
         -------
@@ -236,23 +242,23 @@ class AdvectionGenerator(Generator):
             )
         lead_frames = advected.shape[1] if lead_frames is None else int(lead_frames)
         b, _, h, w = context.shape
-        if advected.dim() != 4 or tuple(advected.shape) != (b, lead_frames, h, w):
-            raise ValueError(
-                f"advected must be (batch, lead, y, x) = {(b, lead_frames, h, w)}, got "
-                f"{tuple(advected.shape)}"
-            )
         if z is None:
             z = self.sample_latent(
                 b, h, w, generator=generator, device=context.device, dtype=context.dtype
             )
-        elif tuple(z.shape) != (b, *self.latent_shape(h, w)):
+        n = b if b > 1 else z.shape[0]
+        self.check_latent(z, n, h, w)
+        if advected.dim() != 4 or tuple(advected.shape[1:]) != (lead_frames, h, w):
             raise ValueError(
-                f"z must have shape {(b, *self.latent_shape(h, w))}, got {tuple(z.shape)}"
+                f"advected must be (batch, lead, y, x) = {(n, lead_frames, h, w)}, got "
+                f"{tuple(advected.shape)}"
             )
+        if advected.shape[0] not in (1, n):
+            raise ValueError(f"advected has batch {advected.shape[0]}, not 1 or {n}")
         advected = advected.to(context.dtype)
         if self.noise_scales and noise is None:
             noise = self.sample_noise(
-                b,
+                n,
                 lead_frames,
                 h,
                 w,
@@ -260,22 +266,26 @@ class AdvectionGenerator(Generator):
                 device=context.device,
                 dtype=context.dtype,
             )
+
+        def extras(first: int, steps: int) -> list[torch.Tensor]:
+            features = self.advection_encoder(advected[:, first : first + steps])
+            return [f.expand(n, *f.shape[1:]) for f in features]
+
         with parametrize.cached():
-            states = self.conditioning_stack(context)
+            states = self.initial_states(context, n)
             latent = self.latent_stack(z.to(context.dtype))
-            extras = self.advection_encoder(advected)
-            heads = self.sampler(states, latent, lead_frames, extras)
+            heads = self.sampler(states, latent, lead_frames, extras, lead_chunk=lead_chunk)
         gain = GAIN_RATE * self.residual_gain
         if not self.noise_scales:
             out = advected + gain * heads
         else:
-            expected = [(b, lead_frames, -(-h // k), -(-w // k)) for k in self.noise_scales]
-            if [tuple(n.shape) for n in noise] != expected:
+            expected = [(n, lead_frames, -(-h // k), -(-w // k)) for k in self.noise_scales]
+            if [tuple(e.shape) for e in noise] != expected:
                 raise ValueError(
                     f"noise must be innovations of shapes {expected}, got "
-                    f"{[tuple(n.shape) for n in noise]}"
+                    f"{[tuple(e.shape) for e in noise]}"
                 )
-            eps = self.noise_field([n.to(context.dtype) for n in noise], h, w)
+            eps = self.noise_field([e.to(context.dtype) for e in noise], h, w)
             # bounded: one sample far in the tail of exp(log1p space) would dominate the CRPS
             scale = self.max_log_scale * torch.sigmoid(heads[:, :, 1])
             noise_gain = GAIN_RATE * self.noise_gain

@@ -100,19 +100,25 @@ class GBlock(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
-        """``(N, C_in, H, W) -> (N, C_out, H, W)``, or ``2H, 2W`` when upsampling."""
+    def forward(
+        self, x: torch.Tensor, steps: int | None = None, first_step: int = 0
+    ) -> torch.Tensor:
+        """``(N, C_in, H, W) -> (N, C_out, H, W)``, or ``2H, 2W`` when upsampling.
+
+        ``steps``, ``first_step``: the time steps of the rows of ``x`` (``(batch, time)``
+        ordered) and the index of the first, for the per-step batch norms.
+        """
         _check_channels("GBlock", x, self.in_channels, 4)
         shortcut = x
         if self.upsample:
             shortcut = F.interpolate(shortcut, scale_factor=2, mode="nearest")
         if self.shortcut is not None:
             shortcut = self.shortcut(shortcut)
-        h = F.relu(self.bn1(x, steps))
+        h = F.relu(self.bn1(x, steps, first_step))
         if self.upsample:
             h = F.interpolate(h, scale_factor=2, mode="nearest")
         h = self.conv1(h)
-        h = self.conv2(F.relu(self.bn2(h, steps)))
+        h = self.conv2(F.relu(self.bn2(h, steps, first_step)))
         return h + shortcut
 
 

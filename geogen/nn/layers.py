@@ -114,7 +114,10 @@ class SequenceBatchNorm2d(nn.BatchNorm2d):
     ``steps=1`` calls and checkpoints written before the per-step statistics existed.
 
     Call with ``steps``: the number of time steps ``T``; the rows of ``x`` are ordered
-    ``(batch, time)``. ``steps=1`` is an ordinary ``BatchNorm2d``.
+    ``(batch, time)``; with ``first_step``, they are the steps ``first_step ..
+    first_step + T - 1`` of a longer sequence (a chunk of lead times: the memory-bounded
+    sampler unrolls the leads chunk by chunk, and each chunk is normalised with the
+    statistics of its own leads). Without ``steps`` it is an ordinary ``BatchNorm2d``.
     """
 
     def __init__(self, num_features: int, *args, max_steps: int = 32, **kwargs) -> None:
@@ -133,17 +136,36 @@ class SequenceBatchNorm2d(nn.BatchNorm2d):
                 state_dict[key] = getattr(self, name).clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, *args)
 
-    def _step_index(self, steps: int, device: torch.device) -> torch.Tensor:
-        return torch.arange(steps, device=device).clamp(max=self.max_steps - 1)
+    def step_index(self, steps: int, first_step: int, device: torch.device) -> torch.Tensor:
+        """Rows of ``step_mean`` for steps ``first_step .. first_step + steps - 1``.
 
-    def forward(self, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
-        """Normalise ``x`` ``(batch * steps, C, H, W)`` (rows ordered batch-major)."""
-        if steps == 1:
+        Steps from ``max_steps - 1`` on share the last row.
+        """
+        index = torch.arange(first_step, first_step + steps, device=device)
+        return index.clamp(max=self.max_steps - 1)
+
+    def forward(
+        self, x: torch.Tensor, steps: int | None = None, first_step: int = 0
+    ) -> torch.Tensor:
+        """Normalise ``x`` ``(batch * steps, C, H, W)`` (rows ordered batch-major).
+
+        Parameters
+        ----------
+        x
+            ``(batch * steps, C, H, W)``.
+        steps
+            Time steps ``T`` in ``x``; ``None``: an ordinary ``BatchNorm2d``.
+        first_step
+            Index of the first of these steps in the sequence (lead offset of a chunk).
+        """
+        if steps is None:
             return super().forward(x)
+        if steps < 1 or first_step < 0:
+            raise ValueError(f"steps must be >= 1 and first_step >= 0, got {steps}, {first_step}")
         n, c, h, w = x.shape
         if n % steps:
             raise ValueError(f"{n} rows are not a multiple of {steps} time steps")
-        index = self._step_index(steps, x.device)
+        index = self.step_index(steps, first_step, x.device)
         grouped = x.reshape(n // steps, steps * c, h, w)
         if not self.training:
             if int(self.step_tracked) == 0:
@@ -173,9 +195,9 @@ class SequenceBatchNorm2d(nn.BatchNorm2d):
         )
         with torch.no_grad():
             per_step_mean, per_step_var = running_mean.view(steps, c), running_var.view(steps, c)
-            kept = min(steps, self.max_steps)
-            self.step_mean[:kept].copy_(per_step_mean[:kept])
-            self.step_var[:kept].copy_(per_step_var[:kept])
+            kept = min(steps, max(0, self.max_steps - first_step))
+            self.step_mean[first_step : first_step + kept].copy_(per_step_mean[:kept])
+            self.step_var[first_step : first_step + kept].copy_(per_step_var[:kept])
             self.step_tracked.add_(1)
             self.running_mean.copy_(per_step_mean.mean(0))
             self.running_var.copy_(per_step_var.mean(0))
@@ -190,7 +212,9 @@ class NoNorm(nn.Module):
         super().__init__()
         self.num_features = num_features
 
-    def forward(self, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, steps: int | None = None, first_step: int = 0
+    ) -> torch.Tensor:
         """``x`` unchanged."""
         return x
 

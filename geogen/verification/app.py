@@ -19,14 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from geogen.forecasting.interface import is_learned
 from geogen.verification.interface import VerificationError
 from geogen.verification.scoring import ModelSpec, ScoringSettings, score_files, score_store
 
 log = logging.getLogger(__name__)
-
-
-#: Forecasters that run a checkpoint (shipped ones need no ``ckpt``) and take device settings.
-LEARNED_FORECASTERS = ("dgmr", "dgmr_advect", "dgmr_steps", "vae", "flow")
 
 
 class PlotSettings(BaseModel):
@@ -118,7 +115,7 @@ class ScoreConfig(BaseModel):
                 label = extra.pop("label", None)
             kwargs = dict(self.baseline.get(name) or {})
             kwargs.update(extra)
-            if "ckpt" in kwargs or name in LEARNED_FORECASTERS:
+            if "ckpt" in kwargs or is_learned(name):
                 kwargs.setdefault("device", self.device)
                 kwargs.setdefault("batch_members", self.batch_members)
             specs.append(ModelSpec(name, kwargs, None if label is None else str(label)))

@@ -11,8 +11,8 @@ import pytest
 from conftest import requires_shared_data
 
 import geogen
+from geogen.checkpoint import INDEX, shipped_dir, shipped_index
 from geogen.forecasting import get_forecaster, open_forecast, read_context, read_frames
-from geogen.forecasting.shipped import INDEX, shipped_dir, shipped_index
 from geogen.verification.scoring import score_files
 
 pytestmark = [pytest.mark.integration, requires_shared_data]
@@ -27,7 +27,7 @@ def test_index_lists_a_card_and_the_file_hash():
     entry = index["dgmr_advect"]
     path = shipped_dir() / entry["file"]
     assert path.is_file() and path.stat().st_size < 8 * 2**20  # a few MB
-    from geogen.forecasting.learned import sha256_file
+    from geogen.checkpoint import sha256_file
 
     assert sha256_file(path) == entry["sha256"]
     card = (shipped_dir() / "README.md").read_text()
@@ -39,7 +39,8 @@ def test_shipped_model_beats_persistence_on_the_held_back_event(tmp_path):
     context = read_context("mch", ISSUE, model.n_context, region=REGION)
     fc = geogen.forecast(model, context, members=10, leads=6, seed=1)
     assert fc.shape == (10, 6, 128, 128)
-    assert fc.attrs["settings"]["checkpoint_sha256"] == shipped_index()["dgmr_advect"]["sha256"]
+    settings = json.loads(fc.attrs["settings"])
+    assert settings["checkpoint_sha256"] == shipped_index()["dgmr_advect"]["sha256"]
     obs = read_frames("mch", "2016-07-11T22:05", "2016-07-11T22:30", region=REGION).values
     persistence = np.nanmean(np.abs(context.values[-1] - obs))
     members = fc.values

@@ -21,7 +21,6 @@ from geogen.data import CropDataset
 from geogen.data.advection import AdvectionCache, advect
 from geogen.data.dataset import dihedral
 from geogen.forecasting import ForecastError, get_forecaster
-from geogen.forecasting import shipped as shipped_module
 from geogen.io import open_source
 from geogen.losses import ensemble_crps, ensemble_spread_skill, grid_cell_regulariser, pooled_crps
 from geogen.models.dgmr import DGMR, Discriminator, Generator, parameter_counts
@@ -383,7 +382,7 @@ def test_forecaster_ensemble_seeding_and_no_data(trained, context):
         seed=3,
     )
     np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)
-    assert fc.attrs["settings"]["advection"]["outval"] == "min"
+    assert json.loads(fc.attrs["settings"])["advection"]["outval"] == "min"
     with pytest.raises(ForecastError, match="checkpoint of model 'dgmr_advect', not 'dgmr'"):
         get_forecaster("dgmr", ckpt=trained.last_checkpoint)
 
@@ -435,7 +434,7 @@ def test_a_new_network_forecasts_the_extrapolation(trained, context, tmp_path):
 
 # -- shipped checkpoints ----------------------------------------------------------------------
 def test_checkpoint_hash_is_checked(trained, tmp_path, monkeypatch, context):
-    from geogen.forecasting.learned import sha256_file
+    from geogen.checkpoint import CHECKPOINTS_ENV, sha256_file
 
     good = sha256_file(trained.last_checkpoint)
     model = get_forecaster("dgmr_advect", ckpt=trained.last_checkpoint, ckpt_sha256=good)
@@ -448,7 +447,7 @@ def test_checkpoint_hash_is_checked(trained, tmp_path, monkeypatch, context):
     shutil.copy(trained.last_checkpoint, folder / "model.ckpt")
     entry = {"file": "model.ckpt", "sha256": good}
     (folder / "index.json").write_text(json.dumps({"dgmr_advect": entry}))
-    monkeypatch.setattr(shipped_module, "shipped_dir", lambda: folder)
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(folder))
     model = get_forecaster("dgmr_advect")  # no ckpt: the shipped one
     assert model.checkpoint_sha256 == good
     with open(folder / "model.ckpt", "ab") as handle:
@@ -456,6 +455,6 @@ def test_checkpoint_hash_is_checked(trained, tmp_path, monkeypatch, context):
     with pytest.raises(ForecastError, match="SHA-256 mismatch"):
         get_forecaster("dgmr_advect")
     with pytest.raises(
-        ForecastError, match="needs a checkpoint.*ships checkpoints for: dgmr_advect"
+        ForecastError, match="needs a checkpoint.*ships geogen-forecast checkpoints for: dgmr_adv"
     ):
         get_forecaster("dgmr")

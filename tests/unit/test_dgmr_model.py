@@ -339,3 +339,26 @@ def test_model_configs_nest_their_targets():
     assert cfg.method.disc_steps == 2 and cfg.method.grid_lambda == 20
     assert cfg.trainer.precision == "bf16-mixed"
     assert cfg.trainer.get("detect_anomaly") in (None, False)
+
+
+def test_sequence_batch_norm_chunks_use_their_own_steps_statistics():
+    """Evaluating steps in chunks (``first_step``) equals evaluating them all at once."""
+    torch.manual_seed(0)
+    bn = SequenceBatchNorm2d(3).eval()
+    bn.step_mean.copy_(torch.randn_like(bn.step_mean))
+    bn.step_var.copy_(0.5 + torch.rand_like(bn.step_var))
+    bn.step_tracked.fill_(1)
+    b, t = 2, 6
+    x = torch.randn(b, t, 3, 4, 4)
+    whole = bn(x.flatten(0, 1), steps=t).unflatten(0, (b, t))
+    for chunk in range(1, t + 1):
+        parts = [
+            bn(
+                x[:, first : first + chunk].flatten(0, 1),
+                steps=x[:, first : first + chunk].shape[1],
+                first_step=first,
+            ).unflatten(0, (b, -1))
+            for first in range(0, t, chunk)
+        ]
+        torch.testing.assert_close(torch.cat(parts, dim=1), whole)
+    assert (whole[:, 1] - bn(x[:, 1], steps=1)).abs().max() > 0.1  # lead 0's statistics differ

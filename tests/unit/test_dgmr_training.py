@@ -7,6 +7,7 @@ every run to a few seconds on a CPU.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,8 @@ import torch
 from conftest import prepare_config, synthetic_source
 
 import geogen
+from geogen.checkpoint import sha256_file
 from geogen.forecasting import ForecastError, get_forecaster, open_forecast
-from geogen.forecasting.learned import sha256_file
 from geogen.io import open_source
 from geogen.training import build_training, compose_train_config, run_train
 
@@ -202,7 +203,7 @@ def test_forecast_ensemble(trained, context):
     np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)  # any batching
     other = geogen.forecast(model, context, members=5, leads=7, seed=4)
     assert not np.allclose(other.values[:, :, ~no_data], values[:, :, ~no_data])
-    settings = fc.attrs["settings"]
+    settings = json.loads(fc.attrs["settings"])
     assert settings["checkpoint_sha256"] == sha256_file(trained.last_checkpoint)
     assert settings["network_config"]["_target_"] == "geogen.models.dgmr.DGMR"
     assert fc.attrs["units"] == "mm/h"

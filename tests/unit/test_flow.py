@@ -6,6 +6,7 @@ downscale), checkpoints and the ``flow`` forecaster and downscaler.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -359,7 +360,7 @@ def test_flow_forecaster_is_seeded_per_member_whatever_the_batching(nowcast_run)
     np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)
     other = geogen.forecast(model, context, members=3, leads=4, seed=6)
     assert not np.allclose(other.values[:, :, ~no_data], valid)
-    assert fc.attrs["settings"]["model"] == "flow"
+    assert json.loads(fc.attrs["settings"])["model"] == "flow"
     with pytest.raises(ForecastError, match="needs a checkpoint"):
         get_forecaster("flow")
     from geogen.downscaling import DownscaleError, get_downscaler

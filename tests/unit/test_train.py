@@ -18,7 +18,7 @@ from conftest import prepare_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from geogen.methods.base import CHECKPOINT_KEY
+from geogen.checkpoint import CHECKPOINT_KEY
 from geogen.training import (
     TrainingError,
     available_experiments,
