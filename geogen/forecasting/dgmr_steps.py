@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from geogen.checkpoint import Checkpoint
 from geogen.forecasting.interface import ForecastError, register_forecaster
-from geogen.forecasting.learned import CheckpointForecaster, build_submodule, check_context
+from geogen.forecasting.learned import CheckpointForecaster
+from geogen.inference import NowcastModel
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,137 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+class StepsNowcaster(NowcastModel):
+    """A :class:`~geogen.models.dgmr_steps.StepsGenerator` as an inference module.
+
+    :meth:`predict` runs pysteps once per forecast: the advection forecast (shared by the
+    members) and a STEPS ensemble of all the members (seeded with ``seed``; STEPS draws member
+    ``m``'s seed as the ``m``-th draw of that seed, so member ``m`` is the same whatever the
+    ensemble size and batching); member ``m`` of the forecast is the network's correction of
+    STEPS member ``m``.
+
+    Parameters
+    ----------
+    generator
+        The generator (conditioned on ``steps`` and ``advected``).
+    transform, nan_fill
+        See :class:`~geogen.inference.NowcastModel`.
+    steps
+        The STEPS conditioning of the training data (``{"members", "seed", "settings"}``).
+    advection
+        The advection settings of the training data.
+    n_workers
+        Threads of the STEPS ensemble (the result does not depend on it).
+    """
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        transform: Any,
+        *,
+        steps: dict[str, Any],
+        advection: dict[str, Any] | None = None,
+        nan_fill: float = 0.0,
+        n_workers: int = 1,
+    ) -> None:
+        if "steps" not in getattr(generator, "conditions", ()):
+            raise ForecastError("the generator is not conditioned on STEPS members")
+        super().__init__(
+            generator,
+            transform,
+            context_frames=int(generator.context_frames),
+            nan_fill=nan_fill,
+            size_multiple=int(getattr(generator, "size_multiple", 16)),
+            min_domain=32,
+        )
+        self.steps_spec = dict(steps)
+        self.advection = advection
+        self.n_workers = int(n_workers)
+        #: Pixel size of the coming contexts (km), when the forecaster knows it.
+        self.kmperpixel: float | None = None
+        self._members: np.ndarray | None = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> StepsNowcaster:
+        """The generator of the checkpoint with its training STEPS and advection settings."""
+        generator = checkpoint.build("generator", "network.generator.")
+        data = checkpoint.data
+        if "steps" not in getattr(generator, "conditions", ()):
+            raise ForecastError(f"{checkpoint.path}: the generator is not conditioned on STEPS")
+        if not data.get("steps"):
+            raise ForecastError(f"{checkpoint.path}: the checkpoint records no STEPS settings")
+        return cls(
+            generator,
+            checkpoint.transform(),
+            steps=data["steps"],
+            advection=data.get("advection"),
+            nan_fill=data.get("nan_fill", 0),
+        )
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The ``pysteps_steps`` settings of forecasts (the context's pixel size if known)."""
+        settings = dict(self.steps_spec.get("settings") or {})
+        if self.kmperpixel is not None:
+            settings["kmperpixel"] = float(self.kmperpixel)
+        return settings
+
+    def conditions(
+        self, context: np.ndarray, leads: int, timestep_minutes: float
+    ) -> dict[str, np.ndarray]:
+        """``advected``: pysteps' extrapolation of the context over the leads, mm/h."""
+        from geogen.data.advection import advect
+
+        advected = advect(
+            context, leads, timestep_minutes=timestep_minutes, settings=self.advection
+        )
+        return {"advected": advected}
+
+    def member_conditions(
+        self,
+        context: np.ndarray,
+        leads: int,
+        members: range,
+        seed: int,
+        timestep_minutes: float,
+    ) -> dict[str, np.ndarray]:
+        """``steps``: STEPS members ``members`` of the forecast's ensemble, mm/h."""
+        if self._members is None or self._members.shape[1] != leads:
+            raise ForecastError("the STEPS ensemble is made by predict; call predict")
+        return {"steps": self._members[members.start : members.stop]}
+
+    def predict(
+        self, context: np.ndarray, *, leads: int, members: int, seed: int, **kwargs: Any
+    ) -> np.ndarray:
+        """As :meth:`NowcastModel.predict`, after one STEPS ensemble of ``members`` members."""
+        from geogen.data.steps import steps_members
+
+        self._members = steps_members(
+            context,
+            leads,
+            members,
+            seed=seed,
+            timestep_minutes=kwargs["timestep_minutes"],
+            settings=self.settings,
+            n_workers=self.n_workers,
+        )
+        try:
+            return super().predict(context, leads=leads, members=members, seed=seed, **kwargs)
+        finally:
+            self._members = None
+
+    def forward(
+        self, inputs: torch.Tensor, leads: int, members: range, seed: int, **conditions: Any
+    ) -> torch.Tensor:
+        """Model-space ``(len(members), leads, Y, X)``: each member from its STEPS member."""
+        if inputs.dim() != 4 or inputs.shape[0] != 1:
+            raise ValueError(f"inputs must be (1, time, y, x), got {tuple(inputs.shape)}")
+        n = len(members)
+        steps = conditions["steps"].to(inputs.dtype)
+        advected = conditions["advected"].to(inputs.dtype).expand(n, -1, -1, -1)
+        return self.network(inputs.expand(n, -1, -1, -1), leads, steps=steps, advected=advected)
 
 
 @register_forecaster("dgmr_steps")
@@ -56,99 +189,21 @@ class DGMRStepsForecaster(CheckpointForecaster):
         Threads of the STEPS ensemble (``None``: the machine's cores).
     """
 
-    checkpoint_model = "dgmr_steps"
-    min_domain = 32
+    module_class = StepsNowcaster
 
     def __init__(self, *args: Any, n_workers: int | None = None, **kwargs: Any) -> None:
-        self.n_workers = int(n_workers) if n_workers else _cores()
         super().__init__(*args, **kwargs)
+        self.module.n_workers = int(n_workers) if n_workers else _cores()
 
-    def build(self, checkpoint: dict[str, Any]) -> int:
-        """The generator of the checkpoint (it must read STEPS members)."""
-        config = self.meta["network_config"].get("generator")
-        generator = build_submodule(checkpoint, self.ckpt, config, "network.generator.")
-        if "steps" not in getattr(generator, "conditions", ()):
-            raise ForecastError(f"{self.ckpt}: the generator is not conditioned on STEPS members")
-        if not self.data.get("steps"):
-            raise ForecastError(f"{self.ckpt}: the checkpoint records no STEPS settings")
-        self.generator = generator.to(self.device).eval()
-        self.size_multiple = int(getattr(generator, "size_multiple", 16))
-        self._conditions: dict[str, torch.Tensor] | None = None
-        return int(generator.context_frames)
+    def set_grid_spacing(self, km: float | None) -> None:
+        """The pixel size (km) STEPS uses for its motion perturbations and mask."""
+        super().set_grid_spacing(km)
+        self.module.kmperpixel = self.grid_spacing_km
 
     def describe(self) -> dict[str, Any]:
         """As other checkpoints, with the advection and STEPS settings."""
         return {
             **super().describe(),
             "advection": self.data.get("advection"),
-            "steps": self.data.get("steps"),
+            "steps": {**self.module.steps_spec, "settings": self.module.settings},
         }
-
-    def _model_space(self, frames: np.ndarray) -> torch.Tensor:
-        """Physical ``(..., y, x)`` -> model space, padded to :attr:`size_multiple`."""
-        values = np.asarray(self.transform.forward(frames), dtype=np.float32)
-        m = self.size_multiple
-        ny, nx = frames.shape[-2:]
-        zero = float(self.transform.forward(np.float32(0.0)))
-        pad = [(0, 0)] * (values.ndim - 2) + [(0, (-ny) % m), (0, (-nx) % m)]
-        return torch.from_numpy(np.pad(values, pad, constant_values=zero)).to(self.device)
-
-    def predict(
-        self,
-        context: np.ndarray,
-        *,
-        leads: int,
-        members: int,
-        seed: int,
-        timestep_minutes: float,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """``(member, lead, y, x)`` mm/h from ``context`` ``(time, y, x)`` mm/h."""
-        from geogen.data.advection import advect
-        from geogen.data.steps import steps_members
-
-        frames = check_context(
-            self.name, context, self.n_context, timestep_minutes, self.timestep_minutes
-        )
-        spec = dict(self.data["steps"])
-        settings = dict(spec.get("settings") or {})
-        if self.grid_spacing_km is not None:
-            settings["kmperpixel"] = self.grid_spacing_km
-        advected = advect(
-            frames, leads, timestep_minutes=timestep_minutes, settings=self.data.get("advection")
-        )
-        members_steps = steps_members(
-            frames,
-            leads,
-            members,
-            seed=seed,
-            timestep_minutes=timestep_minutes,
-            settings=settings,
-            n_workers=self.n_workers,
-        )
-        self._conditions = {
-            "advected": self._model_space(advected)[None],
-            "steps": self._model_space(members_steps),
-        }
-        try:
-            return super().predict(
-                context,
-                leads=leads,
-                members=members,
-                seed=seed,
-                timestep_minutes=timestep_minutes,
-                progress=progress,
-            )
-        finally:
-            self._conditions = None
-
-    def forecast_batch(
-        self, inputs: torch.Tensor, leads: int, members: range, seed: int
-    ) -> torch.Tensor:
-        """Member ``m`` is the network's correction of STEPS member ``m`` (seeded by ``seed``)."""
-        if self._conditions is None or self._conditions["steps"].shape[1] != leads:
-            raise ForecastError("forecast_batch needs the STEPS members: call predict")
-        n = len(members)
-        steps = self._conditions["steps"][members.start : members.stop].to(inputs.dtype)
-        advected = self._conditions["advected"].expand(n, -1, -1, -1).to(inputs.dtype)
-        return self.generator(inputs.expand(n, -1, -1, -1), leads, steps=steps, advected=advected)

@@ -7,6 +7,7 @@ of base width 2 keep every run to seconds on a CPU.
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -317,7 +318,7 @@ def test_forecaster_members_are_seeded_corrections_of_steps_members(trained, con
         seed=3,
     )
     np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)
-    assert fc.attrs["settings"]["steps"]["members"] == MEMBERS
+    assert json.loads(fc.attrs["settings"])["steps"]["members"] == MEMBERS
     with pytest.raises(ForecastError, match="checkpoint of model 'dgmr_steps', not 'dgmr'"):
         get_forecaster("dgmr", ckpt=trained.last_checkpoint)
 
