@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # geogen's main job on the bundled defaults, from a fresh clone:
-#   set up .venv -> prepare nowcasting crops from the sample radar data -> train DGMR (tiny
-#   width, a few minutes on CPU) -> reference nowcasts (persistence, pysteps extrapolation,
-#   pysteps STEPS), a 20-member DGMR ensemble and one of the shipped dgmr_advect checkpoint for
-#   the held-back case -> score every forecast
+#   set up .venv -> prepare nowcasting crops from the sample radar data -> train dgmr_steps
+#   (CPU width, a few minutes) -> reference nowcasts (persistence, pysteps extrapolation,
+#   pysteps STEPS), 20-member ensembles of the fresh dgmr_steps and of the shipped dgmr_steps
+#   and dgmr_advect checkpoints for the held-back case -> score every forecast
 #   in $OUT/forecasts against the archive -> plots and report.md; then downscaling: pairs
 #   (128 x 128 crops and their 16 x 16 block means) -> the tiny downscaling GAN (when its
 #   experiment exists) -> interp, RainFARM (and GAN) ensembles of the held-back case, coarsened
@@ -37,14 +37,17 @@ geogen-prepare source=mch paths.radar_root="$DATA" out="$OUT/mch_nowcast.zarr" \
 
 echo "[demo]      crop store at $OUT/mch_nowcast.zarr (open it with xarray.open_zarr)"
 
-# 2. DGMR at a small width (experiment=dgmr_tiny) on the training split (the 2015-05-15 event),
-#    for a bounded time (GEOGEN_DEMO_TRAIN_TIME, default 3 minutes; a GAN this short-trained
-#    makes noisy forecasts: the point is the pipeline). The store has no validation split (the
-#    archive holds two events: one trains, one is held back), so validation is skipped.
-TRAIN_DIR="$OUT/train/dgmr_tiny"
+# 2. dgmr_steps at CPU width (experiment=dgmr_steps_tiny) on the training split (the 2015-05-15
+#    event), for a bounded time (GEOGEN_DEMO_TRAIN_TIME, default 3 minutes): a generator that
+#    reads one pysteps STEPS member per output member and learns a residual over it (zero at
+#    the start, so a briefly trained model is already a realistic STEPS-like ensemble). Its
+#    STEPS members (4 per crop) and advection forecasts are computed once and cached beside
+#    the store (about 3 minutes). The store has no validation split (the archive holds two
+#    events: one trains, one is held back), so validation is skipped and last.ckpt is used.
+TRAIN_DIR="$OUT/train/dgmr_steps_tiny"
 rm -rf "$TRAIN_DIR"
-stage 2 "train dgmr_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:03:00} on CPU)"
-geogen-train experiment=dgmr_tiny data.path="$OUT/mch_nowcast.zarr" \
+stage 2 "train dgmr_steps_tiny (geogen-train, ${GEOGEN_DEMO_TRAIN_TIME:-00:00:03:00} on CPU)"
+geogen-train experiment=dgmr_steps_tiny data.path="$OUT/mch_nowcast.zarr" \
     trainer.max_time="${GEOGEN_DEMO_TRAIN_TIME:-00:00:03:00}" trainer.max_epochs=100 \
     callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$TRAIN_DIR"
 
@@ -67,13 +70,16 @@ geogen-forecast model=pysteps_extrapolation members=1 margin=96 "${CASE[@]}" \
 geogen-forecast model=pysteps_steps members=20 seed=24 margin=96 "${CASE[@]}" \
     out="$FORECASTS/pysteps_steps.nc" progress=false hydra.run.dir="$OUT/logs/forecast-steps"
 
-# 4. A 20-member DGMR ensemble for the same case, straight from the raw archive (the generator
-#    is fully convolutional: the window is forecast as it is), and one of dgmr_advect with the
-#    checkpoint geogen ships (checkpoints/, trained on every 5-minute radar source; its SHA-256
-#    is checked on loading), conditioned on pysteps' advection of the wider context (margin).
-stage 4 "20-member DGMR and shipped dgmr_advect forecasts (geogen-forecast)"
-geogen-forecast model=dgmr ckpt="$TRAIN_DIR/checkpoints/last.ckpt" members=20 "${CASE[@]}" \
-    out="$FORECASTS/dgmr.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr"
+# 4. 20-member ensembles of the learned models for the same case: the freshly trained
+#    dgmr_steps, and the checkpoints geogen ships (checkpoints/, trained on every 5-minute
+#    radar source, weights chosen on the validation event; SHA-256 checked on loading):
+#    dgmr_steps and dgmr_advect, all from the same wider context (margin) as pysteps.
+stage 4 "20-member dgmr_steps (fresh and shipped) and shipped dgmr_advect forecasts"
+geogen-forecast model=dgmr_steps ckpt="$TRAIN_DIR/checkpoints/last.ckpt" members=20 seed=24 \
+    margin=96 "${CASE[@]}" out="$FORECASTS/dgmr_steps_fresh.nc" progress=false \
+    hydra.run.dir="$OUT/logs/forecast-dgmr-steps-fresh"
+geogen-forecast model=dgmr_steps members=20 seed=24 margin=96 "${CASE[@]}" \
+    out="$FORECASTS/dgmr_steps.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr-steps"
 geogen-forecast model=dgmr_advect members=20 margin=96 "${CASE[@]}" \
     out="$FORECASTS/dgmr_advect.nc" progress=false hydra.run.dir="$OUT/logs/forecast-dgmr-advect"
 

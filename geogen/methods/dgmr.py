@@ -488,18 +488,29 @@ class DGMRStepsMethod(DGMRAdvectMethod):
 
     model_name = "dgmr_steps"
 
-    def __init__(self, *args: Any, train_leads: int | None = None, **kwargs: Any) -> None:
-        """As :class:`DGMRMethod`; ``train_leads``: lead frames drawn per training step.
+    def __init__(
+        self,
+        *args: Any,
+        train_leads: int | None = None,
+        val_leads: list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """As :class:`DGMRMethod`, with two options.
 
-        The generator forecasts every lead on its own (no recurrence), so a training step on
-        ``train_leads`` randomly drawn leads (``None``: all) is an unbiased estimate of the
-        all-lead loss at a fraction of the cost.
+        ``train_leads``: lead frames drawn per training step. The generator forecasts every
+        lead on its own (no recurrence), so a step on ``train_leads`` randomly drawn leads
+        (``None``: all) is an unbiased estimate of the all-lead loss at a fraction of the
+        cost. ``val_leads``: the lead numbers (1-based, e.g. ``[6, 12, 18]`` for +30/+60/+90
+        min of 5-minute frames) validation and test score (``None``: all).
         """
         if train_leads is not None and int(train_leads) < 1:
             raise ValueError(f"train_leads must be >= 1 or null, got {train_leads}")
+        if val_leads is not None and (not val_leads or min(int(v) for v in val_leads) < 1):
+            raise ValueError(f"val_leads must be lead numbers >= 1 or null, got {val_leads}")
         # plain values: Lightning saves this frame's arguments too (checkpoints load with
         # weights_only=True, which refuses OmegaConf containers)
         kwargs = {key: plain(value) for key, value in kwargs.items()}
+        val_leads = None if val_leads is None else [int(v) for v in val_leads]
         super().__init__(*args, **kwargs)
         self._lead_index: torch.Tensor | None = None
 
@@ -532,8 +543,16 @@ class DGMRStepsMethod(DGMRAdvectMethod):
         context, target, mask = super()._inputs(batch, crop=crop)
         self._lead_index = None
         n_leads = self.hparams.get("train_leads")
+        val_leads = self.hparams.get("val_leads")
+        index = None
         if crop and n_leads and int(n_leads) < target.shape[1]:
             index = torch.randperm(target.shape[1])[: int(n_leads)].sort().values
+        elif not crop and val_leads:
+            wanted = sorted({int(v) - 1 for v in val_leads})
+            if wanted[-1] >= target.shape[1]:
+                raise ValueError(f"val_leads {list(val_leads)} beyond the {target.shape[1]} leads")
+            index = torch.tensor(wanted)
+        if index is not None:
             target, mask = target[:, index], mask[:, index]
             conditions = self._batch_conditions
             conditions["advected"] = conditions["advected"][:, index]

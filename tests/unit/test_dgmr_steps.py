@@ -245,6 +245,7 @@ TINY = (
     "method.val_samples=2",
     "method.train_crop=32",
     "method.train_leads=3",
+    "method.val_leads=[3,6]",
     "method.crps_pools=[1,4]",
     "data.batch_size=2",
     "data.advection={progress:false}",
