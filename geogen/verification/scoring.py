@@ -710,6 +710,12 @@ def score_files(
         from geogen.forecasting.api import grid_spacing_km
 
         scorer.pixel_size_km = grid_spacing_km(opened[0][1])
+    clash = sorted({spec.display for spec in models} & set(names))
+    if clash:
+        raise VerificationError(
+            f"{clash} name both a forecast file and a model run on its cases; give the model "
+            "a label (ModelSpec(..., label=...)) so neither replaces the other"
+        )
     built = [(spec, spec.build()) for spec in models]
     items = sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] or ()))
     iterator = _progress(items, progress, "cases")

@@ -141,10 +141,19 @@ def test_score_files_against_the_archive(forecast_files):
 
 def test_score_files_runs_models_on_the_same_case(forecast_files):
     p_path, _, _ = forecast_files
-    result = score_files([p_path], SOURCE, settings=FAST, models=[ModelSpec("persistence")])
-    assert result.metadata["models"] == ["persistence", "persistence:persistence"] or set(
-        result.metadata["models"]
-    ) >= {"persistence"}
+    run = ModelSpec("persistence", label="persistence_run")
+    result = score_files([p_path], SOURCE, settings=FAST, models=[run])
+    assert result.metadata["models"] == ["persistence", "persistence_run"]
+    assert result.metadata["reference_models"] == ["persistence_run"]
+    # The model run on the file's case from the same context is the file's forecast again.
+    scores = result.scores.sort_values(["lead_time", "metric", "threshold", "scale", "pooling"])
+    from_file = scores[scores["model"] == "persistence"]["value"].to_numpy()
+    from_run = scores[scores["model"] == "persistence_run"]["value"].to_numpy()
+    assert len(from_file) == len(from_run) > 0
+    np.testing.assert_allclose(from_run, from_file, rtol=1e-6)
+    # A model labelled like a file would silently replace the file's forecast: an error.
+    with pytest.raises(VerificationError, match="name both a forecast file and a model"):
+        score_files([p_path], SOURCE, settings=FAST, models=[ModelSpec("persistence")])
 
 
 def test_score_files_grid_and_time_mismatch(tmp_path, forecast_files):
