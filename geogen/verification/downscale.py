@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geogen.atomic import write_atomic
 from geogen.verification.interface import VerificationError
 from geogen.verification.scoring import (
     Scorer,
@@ -468,12 +469,6 @@ def _markdown(table: pd.DataFrame, first: str = "model") -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_downscale_report(
     result: ScoreResult,
     out: str | os.PathLike,
@@ -500,7 +495,7 @@ def write_downscale_report(
         ),
     }
     for name, write in files.items():
-        _write_atomic(out / name, write)
+        write_atomic(out / name, write)
     made: dict[str, Path] = {}
     if settings.get("enabled", True):
         folder = out / "plots"
@@ -587,5 +582,5 @@ def write_downscale_report(
         "the frames. `paper_*` rows are in the paper's normalised log units.",
     ]
     path = out / "report.md"
-    _write_atomic(path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+    write_atomic(path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
     return path
