@@ -106,3 +106,15 @@ def test_settings_and_context_requirements():
         get_forecaster("pysteps_extrapolation").predict(
             moving_blobs()[:2], leads=1, members=1, seed=0, timestep_minutes=5
         )
+
+
+def test_steps_runs_on_every_core_by_default_and_workers_do_not_change_it():
+    from geogen.baselines.pysteps_methods import available_cores
+
+    assert available_cores() >= 1
+    assert get_forecaster("pysteps_steps").settings.n_workers == available_cores()
+    assert get_forecaster("pysteps_steps", n_workers=1).settings.n_workers == 1
+    ctx = as_context(moving_blobs()[:4])
+    one = geogen.forecast("pysteps_steps", ctx, members=3, leads=2, seed=5, n_workers=1)
+    two = geogen.forecast("pysteps_steps", ctx, members=3, leads=2, seed=5, n_workers=2)
+    np.testing.assert_array_equal(one.values, two.values)
