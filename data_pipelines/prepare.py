@@ -71,6 +71,7 @@ from geogen.io.store import (
     STORE_VERSION,
     StoreError,
     create_crop_arrays,
+    sampling_warnings,
 )
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     _finalise(cfg, source, partial, out, summary, _statistics(samples), input_fp)
     timings["finalise"] = time.perf_counter() - tic
     summary["timings_s"]["finalise"] = round(timings["finalise"], 3)
+    for warning in sampling_warnings(summary):
+        log.warning("%s: %s", out, warning)
     return PrepareResult(out, summary, timings=timings)
 
 
