@@ -5,6 +5,8 @@ Layout of an output folder::
     scores.csv / scores.nc / scores.json      one row per (model, lead_time, metric,
                                               threshold, scale, pooling): value, ci_low,
                                               ci_high, n_cases
+    scores_dataset.nc                         one variable per metric over model, lead_time,
+                                              threshold, scale (as geogen.score returns)
     scores_mean.csv                           the same averaged over lead times (ranking)
     diagrams.csv / diagrams.json              rank histograms, reliability curves, spectra
     plots/*.png, plots/*.gif                  skill vs lead time, diagrams, forecast panels
@@ -43,7 +45,7 @@ RANKING_COLUMNS: tuple[tuple[tuple[str, float, int, str], str, bool], ...] = (
 
 
 def write_tables(result: ScoreResult, out: Path) -> dict[str, Path]:
-    """``scores.{csv,nc,json}``, ``scores_mean.csv``, ``diagrams.{csv,json}``."""
+    """``scores.{csv,nc,json}``, ``scores_dataset.nc``, ``scores_mean.csv``, ``diagrams.*``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     scores = result.scores
@@ -64,6 +66,12 @@ def write_tables(result: ScoreResult, out: Path) -> dict[str, Path]:
         }
     )
     write_atomic(paths["scores.nc"], lambda p: ds.to_netcdf(p, engine="netcdf4"))
+    # The same scores as geogen.score returns them: a variable per metric over model,
+    # lead_time, threshold and scale (weatherbench2 style).
+    paths["scores_dataset.nc"] = out / "scores_dataset.nc"
+    by_metric = result.to_dataset()
+    by_metric.attrs["metadata"] = ds.attrs["metadata"]
+    write_atomic(paths["scores_dataset.nc"], lambda p: by_metric.to_netcdf(p, engine="netcdf4"))
     paths["scores_mean.csv"] = out / "scores_mean.csv"
     write_atomic(paths["scores_mean.csv"], lambda p: result.lead_means.to_csv(p, index=False))
     paths["diagrams.csv"] = out / "diagrams.csv"

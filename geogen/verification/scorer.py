@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from geogen.verification.bootstrap import bootstrap_draws, confidence_interval
 from geogen.verification.interface import (
@@ -53,6 +54,10 @@ class ScoreResult:
     lead_means: pd.DataFrame
     example: Example | None
     metadata: dict[str, Any]
+
+    def to_dataset(self) -> xr.Dataset:
+        """The scores as a Dataset over model, lead time, threshold, scale (with intervals)."""
+        return scores_to_dataset(self.scores, model_dim=True, intervals=True)
 
 
 class Scorer:
@@ -346,3 +351,46 @@ def members_identical(values: np.ndarray) -> bool:
     """Whether every member along the first axis equals the first (NaN equal to NaN)."""
     first = values[0]
     return all(np.array_equal(first, values[m], equal_nan=True) for m in range(1, values.shape[0]))
+
+
+def scores_to_dataset(
+    scores: pd.DataFrame, *, model_dim: bool = True, intervals: bool = True
+) -> xr.Dataset:
+    """A tidy score table (one row per model, lead, metric, threshold, scale, pooling) as a Dataset.
+
+    Parameters
+    ----------
+    scores
+        ``ScoreResult.scores`` (lead times in minutes).
+    model_dim
+        Keep a ``model`` dimension (needed when the table has several models).
+    intervals
+        Add ``<name>_ci_low`` / ``<name>_ci_high`` (the bootstrap interval) beside each score.
+    """
+    if not model_dim and scores["model"].nunique() > 1:
+        raise VerificationError("scores of several models need model_dim=True")
+    variables: dict[str, xr.DataArray] = {}
+    columns = [("value", "")] + ([("ci_low", "_ci_low"), ("ci_high", "_ci_high")] * intervals)
+    for (metric, pooling), rows in scores.groupby(["metric", "pooling"], sort=False):
+        name = metric if pooling == "none" else f"{metric}_{pooling}_pool"
+        dims = ["model"] if model_dim else []
+        dims.append("lead_time")
+        if rows["threshold"].notna().any():
+            dims.append("threshold")
+        if metric == "fss" or pooling != "none" or set(rows["scale"]) != {1}:
+            dims.append("scale")
+        table = rows.assign(
+            lead_time=pd.to_timedelta(rows["lead_time"].astype(np.int64), unit="min")
+        ).set_index(dims)
+        for column, suffix in columns:
+            variables[name + suffix] = table[column].astype(np.float64).to_xarray()
+    ds = xr.Dataset(variables)
+    ds["lead_time"].attrs.update({"standard_name": "forecast_period"})
+    if "threshold" in ds.coords:
+        ds["threshold"].attrs.update({"units": "mm/h", "long_name": "rain-rate threshold"})
+    if "scale" in ds.coords:
+        ds["scale"].attrs.update({"units": "pixels", "long_name": "spatial scale"})
+    ds.attrs["description"] = (
+        "geogen scores: one variable per metric (pooled scores as <metric>_<pooling>_pool)"
+    )
+    return ds

@@ -223,6 +223,14 @@ def test_report_with_all_plots(tmp_path, forecast_files):
 
     with xr.open_dataset(out / "scores.nc") as ds:
         assert ds.sizes["row"] == len(table)
+    # geogen.score's layout, with a model dimension: the same numbers as the table.
+    with xr.open_dataset(out / "scores_dataset.nc") as ds:
+        assert ds["crps"].dims == ("model", "lead_time")
+        assert sorted(ds["model"].values) == ["noisy", "persistence"]
+        crps_rows = table[(table["metric"] == "crps") & (table["pooling"] == "none")]
+        for _, row in crps_rows.iterrows():
+            at = {"model": row["model"], "lead_time": pd.Timedelta(minutes=int(row["lead_time"]))}
+            np.testing.assert_allclose(float(ds["crps"].sel(at)), row["value"], rtol=1e-6)
 
 
 def test_config_validation():
