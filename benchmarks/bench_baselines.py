@@ -18,8 +18,10 @@ Prints one JSON document with, for each model of :data:`ENTRIES`:
 - ``ensemble_s``: the time of one ``--ensemble-members``-member forecast (default 20) of the
   256 x 256 case through the forecaster API, ``predict(context, members=20, leads=18)``
   (median of ``--repeat`` after a warm-up): DGMR and the nowcasting VAEs from a checkpoint of
-  their untrained network (the default ``batch_members=4``), pysteps STEPS as configured;
-  ``ensemble_s_over_pysteps_steps`` where STEPS ran too (below 1: faster than STEPS);
+  their untrained network (the default ``batch_members=4``), pysteps STEPS at its fastest
+  settings, the defaults: ``n_workers`` (pysteps' ``num_workers``) is every core the process
+  may use (``BENCH_THREADS`` sets torch's threads only); ``ensemble_s_over_pysteps_steps``
+  where STEPS ran too (below 1: faster than STEPS);
 - ``peak_memory_bytes`` of training, sampling and the ensemble (each in its own process: CUDA
   ``max_memory_allocated``, on CPU the process's peak resident set, VmHWM).
 
@@ -284,11 +286,19 @@ def _flow(task: str, widths: dict, train_leads: int | None) -> Callable[..., Ben
     return build
 
 
+def _steps_workers() -> int:
+    """STEPS' threads in this benchmark: the default, every core (its fastest setting)."""
+    from geogen.baselines.pysteps_methods import available_cores
+
+    return available_cores()
+
+
 def _steps(args: argparse.Namespace, device) -> Bench:
     from geogen.forecasting import get_forecaster
 
     context, _ = nowcast_input()
     steps = get_forecaster("pysteps_steps")
+    assert steps.settings.n_workers == _steps_workers()  # the fastest setting, not one thread
     steps.set_grid_spacing(1.0)
     members = args.steps_members
 
@@ -429,6 +439,7 @@ def main() -> None:
         else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)),
+        "pysteps_steps_n_workers": _steps_workers(),
         "torch": torch.__version__,
         "precision": "bf16 autocast" if args.device == "cuda" else "float32",
         "nowcast_input": f"{CONTEXT} x {SIZE} x {SIZE} context, {LEADS} leads",

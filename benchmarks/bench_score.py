@@ -18,7 +18,8 @@ advanced 18 more steps):
 - ``where_time_goes``: seconds per metric for geogen (each metric's statistics over all leads,
   timed apart from the Scorer run) and per pysteps function group (looped leads, scaled), so
   the profile of both is in the output;
-- ``steps_s_per_member``: pysteps STEPS (the ``baseline.pysteps_steps`` defaults) forecast time
+- ``steps_s_per_member``: pysteps STEPS (the ``baseline.pysteps_steps`` defaults, ``n_workers``
+  every core) forecast time
   per member for the same 512 x 512, 18-lead case (``--steps-members`` members, default 4).
 
 Run: ``.venv/bin/python benchmarks/bench_score.py [--pysteps-leads 3] [--size 512]``.

@@ -1,17 +1,25 @@
-"""Pure planning maths of the crop pipeline: tiles, sequence windows, splits, importance sampling.
+"""The pure planner of the crop pipeline: tiles, sequence windows, splits, importance sampling.
 
-Nothing here reads or writes files; every function is deterministic and vectorised, so the
+The maths (tile statistics, windows, splits, the sampling draw), :class:`SamplePlanner`, which
+turns per-frame tile statistics into the table of samples, and :class:`PartBuilder`, which cuts
+it into the units of parallel work. Nothing here reads or writes files
+(:mod:`data_pipelines.prepare` does); every function is deterministic and vectorised, so the
 same inputs always give the same crops, whatever the order or the number of workers.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from data_pipelines.config import PrepareConfig
+    from geogen.io.sources import Source
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 SPLIT_NAMES = ("train", "val", "test")
@@ -314,3 +322,314 @@ def assign_splits_ranges(
     touched[:, SPLIT_CODES["train"]] = ~inside_one
     ok = touched.sum(axis=1) == 1
     return np.where(ok, touched.argmax(axis=1), -1).astype(np.int8)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: every sample, decided from per-frame tile statistics alone
+# --------------------------------------------------------------------------------------------
+def _is_precipitation(source: Source) -> bool:
+    name = source.variable_attrs.get("standard_name", "")
+    return source.variable == "precip" or "precipitation" in name or "rainfall" in name
+
+
+def _sampling_method(cfg: PrepareConfig, source: Source) -> str:
+    method = cfg.sampling.method
+    if method == "auto":
+        return "dgmr" if _is_precipitation(source) else "uniform"
+    if method == "dgmr" and not _is_precipitation(source):
+        raise ValueError(
+            f"sampling.method=dgmr weighs crops by rain, but source {source.name!r} holds "
+            f"{source.variable!r}; use sampling.method=uniform"
+        )
+    return method
+
+
+#: Columns of the sample table (:func:`plan_samples`).
+SAMPLE_COLUMNS = (
+    "start",
+    "tile",
+    "y0",
+    "x0",
+    "t0",
+    "split",
+    "sample_prob",
+    "rain_fraction",
+    "nan_fraction",
+    "count",
+    "sum",
+    "sumsq",
+    "min",
+    "max",
+)
+
+
+class SamplePlanner:
+    """The samples of the sequence windows, planned in time order as frames are summarised.
+
+    Everything but a sample's index depends on its window alone: the window's times (gaps,
+    split, guard), its frames' statistics (no-data, importance weight), its files (bad or
+    not) and a hash of its time and position (the sampling draw). The index is the number of
+    samples before it. So the windows whose frames are all summarised can be planned as soon
+    as that prefix of the archive is, and the plan, made in any number of steps, is the one
+    :func:`plan_samples` makes at once: window sums come from one running cumulative sum over
+    frames, extended with the same additions in the same order.
+
+    Parameters
+    ----------
+    cfg, source
+        The build's config and source.
+    tiles
+        ``(n_tiles, 2)`` crop corners.
+    """
+
+    def __init__(self, cfg: PrepareConfig, source: Source, tiles: np.ndarray) -> None:
+        self.cfg, self.source, self.tiles = cfg, source, tiles
+        self.length, self.size = cfg.length, cfg.crop.size
+        windows = sequence_windows(source.times, source.timestep, self.length, cfg.sequence.stride)
+        #: Start frame of every gap-free window, in time order.
+        self.starts = windows.starts
+        first = source.times[self.starts]
+        last = source.times[self.starts + self.length - 1]
+        guard = pd.Timedelta(cfg.split.guard)
+        if cfg.split.method == "blocks":
+            self.codes = assign_splits_blocks(
+                first,
+                last,
+                block=pd.Timedelta(cfg.split.block),
+                fractions=cfg.split.fractions,
+                guard=guard,
+                seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed,
+            )
+        else:
+            self.codes = assign_splits_ranges(first, last, ranges=cfg.split.ranges, guard=guard)
+        self.precip = _is_precipitation(source)
+        self.method = _sampling_method(cfg, source)
+        self.counts: dict[str, Any] = {
+            "sequences_seen": windows.n_candidates,
+            "rejected_gap": windows.n_gap,
+            "rejected_bad_file": 0,
+            "rejected_split_guard": 0,
+            "sequences_complete": 0,
+            "crops_candidate": 0,
+            "rejected_nan": 0,
+            "rejected_sampling": 0,
+            "crops_written": 0,
+        }
+        #: Windows planned so far (``starts[:planned]``), samples planned so far.
+        self.planned = 0
+        self.n_samples = 0
+        n_frames, n_tiles = len(source.times), len(tiles)
+        self._csum = np.zeros((n_frames + 1, n_tiles, N_SUMS))
+        self._summed = 0  # frames in the running sum
+
+    @property
+    def max_samples(self) -> int:
+        """An upper bound of the number of samples (every tile of every window)."""
+        return len(self.starts) * len(self.tiles)
+
+    @property
+    def done(self) -> bool:
+        """Whether every window is planned."""
+        return self.planned == len(self.starts)
+
+    @property
+    def next_start(self) -> int | None:
+        """First frame of the first window not planned yet (``None`` when all are)."""
+        return None if self.done else int(self.starts[self.planned])
+
+    def advance(self, frame_stats: np.ndarray, bad: np.ndarray, known: int) -> pd.DataFrame:
+        """Plan the windows whose frames all lie in the first ``known`` frames.
+
+        Parameters
+        ----------
+        frame_stats
+            ``(frame, tile, stat)`` statistics (:func:`data_pipelines.plan.tile_stats`), valid
+            for the first ``known`` frames; unreadable frames hold zero sums and infinite
+            extremes.
+        bad
+            ``(frame,)`` whether a frame is unreadable.
+        known
+            Number of leading frames whose statistics are final.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The new samples (:data:`SAMPLE_COLUMNS`), indexed by sample number.
+        """
+        length, size = self.length, self.size
+        stop = int(np.searchsorted(self.starts, known - length, side="right"))
+        stop = max(stop, self.planned)
+        if known > self._summed:
+            # Extend the running sum with the additions np.cumsum makes over all frames.
+            lo = self._summed
+            rows = frame_stats[lo:known, :, :N_SUMS]
+            if lo == 0:
+                self._csum[1 : known + 1] = np.cumsum(rows, axis=0)
+            else:
+                seeded = np.concatenate([self._csum[lo : lo + 1], rows])
+                self._csum[lo + 1 : known + 1] = np.cumsum(seeded, axis=0)[1:]
+            self._summed = known
+        window_index = np.arange(self.planned, stop)
+        self.planned = stop
+        starts = self.starts[window_index]
+        counts = self.counts
+        lo = int(starts[0]) if len(starts) else 0
+        bad_csum = np.r_[0, np.cumsum(bad[lo : lo + int(np.max(starts - lo, initial=0)) + length])]
+        has_bad = bad_csum[starts - lo + length] - bad_csum[starts - lo] > 0
+        counts["rejected_bad_file"] += int(has_bad.sum())
+        starts, codes = starts[~has_bad], self.codes[window_index[~has_bad]]
+        counts["rejected_split_guard"] += int((codes < 0).sum())
+        keep = codes >= 0
+        starts, codes = starts[keep], codes[keep]
+        counts["sequences_complete"] += len(starts)
+        first = self.source.times[starts]
+
+        sums = self._csum[starts + length] - self._csum[starts]
+        windows = np.lib.stride_tricks.sliding_window_view(frame_stats, length, axis=0)[starts]
+        sums = np.concatenate(
+            [
+                sums,
+                windows[..., STAT_MIN, :].min(-1)[..., None],
+                windows[..., STAT_MAX, :].max(-1)[..., None],
+            ],
+            axis=-1,
+        )
+        n_pixels = float(length * size * size)
+        nan_fraction = sums[..., STAT_NAN] / n_pixels
+        n_valid = np.maximum(n_pixels - sums[..., STAT_NAN], 1.0)
+        if self.precip:
+            rain_fraction = sums[..., STAT_WET] / n_valid
+        else:
+            rain_fraction = np.full(nan_fraction.shape, np.nan)
+        counts["crops_candidate"] += int(nan_fraction.size)
+        ok = nan_fraction <= self.cfg.reject.max_nan_fraction
+        counts["rejected_nan"] += int((~ok).sum())
+        sampling = self.cfg.sampling
+        if self.method == "dgmr":
+            prob = dgmr_acceptance(sums[..., STAT_SOFT] / n_valid, sampling.q_min, sampling.m)
+        else:
+            prob = np.full(nan_fraction.shape, sampling.probability)
+        start_minutes = (first - pd.Timestamp("1970-01-01")) // pd.Timedelta(minutes=1)
+        tiles = self.tiles
+        u = hash_uniform(
+            self.cfg.seed,
+            np.asarray(start_minutes)[:, None],
+            tiles[None, :, 0],
+            tiles[None, :, 1],
+        )
+        accepted = ok & (u < prob)
+        counts["rejected_sampling"] += int((ok & ~accepted).sum())
+        w_idx, t_idx = np.nonzero(accepted)  # row-major: time order, then tile order
+        counts["crops_written"] += len(w_idx)
+        samples = pd.DataFrame(
+            {
+                "start": starts[w_idx],
+                "tile": t_idx,
+                "y0": tiles[t_idx, 0],
+                "x0": tiles[t_idx, 1],
+                "t0": self.source.times[starts[w_idx]],
+                "split": codes[w_idx],
+                "sample_prob": prob[w_idx, t_idx],
+                "rain_fraction": rain_fraction[w_idx, t_idx],
+                "nan_fraction": nan_fraction[w_idx, t_idx],
+                # Sums and extremes of the crop's values (for the store's statistics).
+                "count": n_pixels - sums[w_idx, t_idx, STAT_NAN],
+                "sum": sums[w_idx, t_idx, STAT_SUM],
+                "sumsq": sums[w_idx, t_idx, STAT_SQ],
+                "min": sums[w_idx, t_idx, STAT_MIN],
+                "max": sums[w_idx, t_idx, STAT_MAX],
+            },
+            index=pd.RangeIndex(self.n_samples, self.n_samples + len(w_idx)),
+        )
+        self.n_samples += len(w_idx)
+        return samples
+
+    def summary_counts(self) -> dict[str, Any]:
+        """Rejection counts and the sampling method (complete once :attr:`done`)."""
+        return {**self.counts, "sampling_method": self.method}
+
+
+def neutralise_bad_frames(frame_stats: np.ndarray, bad: np.ndarray) -> None:
+    """Unreadable frames: zero sums and infinite extremes, in place.
+
+    Their windows are rejected through ``bad``; neutral values keep the other windows'
+    numbers finite.
+    """
+    frame_stats[bad] = 0.0
+    frame_stats[bad, :, STAT_MIN], frame_stats[bad, :, STAT_MAX] = np.inf, -np.inf
+
+
+def plan_samples(
+    cfg: PrepareConfig, source: Source, frame_stats: np.ndarray, bad: np.ndarray, tiles: np.ndarray
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every sample of the store, in order, and the rejection counts (pure; no I/O)."""
+    planner = SamplePlanner(cfg, source, tiles)
+    samples = planner.advance(frame_stats, bad, len(source.times))
+    return samples, planner.summary_counts()
+
+
+@dataclass
+class Part:
+    """Consecutive windows whose crops one load task writes (samples ``first_sample`` on)."""
+
+    index: int
+    first_sample: int
+    starts: list[int] = field(default_factory=list)
+    corners: list[tuple[int, int]] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)
+
+    @property
+    def n_samples(self) -> int:
+        """Crops of the part."""
+        return len(self.starts)
+
+
+class PartBuilder:
+    """Cut the stream of planned windows into parts (the units of parallel work and resume).
+
+    A window's crops stay in one part (they share frames); a part closes once it holds
+    ``max_samples`` crops or ``max_windows`` windows. The partition depends on the plan alone
+    (never on the number of workers or the order tasks finish), so a resumed run finds the
+    same parts.
+    """
+
+    def __init__(self, max_samples: int, max_windows: int) -> None:
+        self.max_samples, self.max_windows = max_samples, max_windows
+        self.open: Part | None = None
+        self.n_parts = 0
+
+    def add(self, samples: pd.DataFrame) -> list[Part]:
+        """Add planned samples (whole windows, in order); return the parts that closed."""
+        closed: list[Part] = []
+        starts = samples["start"].to_numpy()
+        if not len(starts):
+            return closed
+        corners = samples[["y0", "x0"]].to_numpy()
+        first_index = int(samples.index[0])
+        bounds = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1], True])
+        for a, b in itertools.pairwise(bounds):
+            if self.open is None:
+                self.open = Part(self.n_parts, first_index + int(a))
+                self.n_parts += 1
+            part = self.open
+            part.windows.append(int(starts[a]))
+            part.starts.extend(int(s) for s in starts[a:b])
+            part.corners.extend((int(y), int(x)) for y, x in corners[a:b])
+            if part.n_samples >= self.max_samples or len(part.windows) >= self.max_windows:
+                closed.append(part)
+                self.open = None
+        return closed
+
+    def flush(self) -> list[Part]:
+        """The last part, once every window is planned."""
+        part, self.open = self.open, None
+        return [part] if part is not None else []
+
+
+def _parts(samples: pd.DataFrame, max_samples: int, max_windows: int) -> np.ndarray:
+    """Part id of each sample (the partition :class:`PartBuilder` makes)."""
+    builder = PartBuilder(max_samples, max_windows)
+    out = np.empty(len(samples), dtype=np.int64)
+    for part in [*builder.add(samples), *builder.flush()]:
+        out[part.first_sample : part.first_sample + part.n_samples] = part.index
+    return out

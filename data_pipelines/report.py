@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from geogen.io.store import sampling_warnings
+
 
 def render_summary(summary: dict[str, Any], path: str, console: Console | None = None) -> None:
     """Print what a prepare run saw, rejected (and why) and wrote."""
@@ -55,3 +57,5 @@ def render_summary(summary: dict[str, Any], path: str, console: Console | None =
     timings = summary.get("timings_s")
     if timings:
         console.print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    for warning in sampling_warnings(summary):  # last, where a new user looks
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}")

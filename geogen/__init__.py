@@ -17,6 +17,10 @@ def __getattr__(name: str):  # lazy: `import geogen` stays light (no torch, no p
         from geogen.downscaling import downscale
 
         return downscale
+    if name == "score":
+        from geogen.verification.api import score
+
+        return score
     if name == "open_source":
         from geogen.io import open_source
 

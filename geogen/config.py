@@ -57,7 +57,7 @@ def _shared_data_candidates(sub: str) -> list[Path]:
 def _pystepsrc_data_root() -> Path | None:
     """The pysteps-data root from the user's pystepsrc, if it points at existing data."""
     try:
-        from geogen.io.radar import import_pysteps
+        from geogen.pysteps_import import import_pysteps
 
         sources = import_pysteps().rcparams.data_sources
         root = Path(str(sources["mch"]["root_path"])).expanduser()
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     found = find_radar_data()
     if found is None and ("--download" in argv or os.environ.get("GEOGEN_DOWNLOAD") == "1"):
-        from geogen.io.radar import import_pysteps
+        from geogen.pysteps_import import import_pysteps
 
         pysteps = import_pysteps()
         print(f"downloading pysteps' example data to {DOWNLOAD_DIR} ...", file=sys.stderr)

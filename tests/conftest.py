@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,41 @@ def build_store(tmp_path: Path) -> Callable[..., Path]:
     return build
 
 
-requires_shared_data = pytest.mark.skipif(
-    SHARED_DATA is None, reason="needs ../shared/data/pysteps-data (or GEOGEN_DATA)"
-)
-requires_climate_data = pytest.mark.skipif(
-    CLIMATE_DATA is None, reason="needs ../shared/data/era5 (or GEOGEN_CLIMATE_DATA)"
-)
+REQUIRE_DATA_ENV = "GEOGEN_REQUIRE_DATA"
+DATA_HINTS = {
+    "radar": "needs ../shared/data/pysteps-data (or GEOGEN_DATA)",
+    "climate": "needs ../shared/data/era5 (or GEOGEN_CLIMATE_DATA)",
+}
+
+
+def missing_data_outcome(
+    kind: str, found: Path | None, env: Mapping[str, str] = os.environ
+) -> tuple[str, str]:
+    """What a test that reads ``kind`` data does: ``("run" | "skip" | "fail", reason)``.
+
+    A missing data folder skips the test, unless ``GEOGEN_REQUIRE_DATA=1`` (set by CI in
+    ``.ci/run``), where it fails it: CI cannot pass by silently skipping the real-data tests.
+    """
+    if found is not None:
+        return "run", ""
+    reason = DATA_HINTS[kind]
+    if env.get(REQUIRE_DATA_ENV, "").strip() not in ("", "0"):
+        return "fail", f"{reason}, and {REQUIRE_DATA_ENV}={env[REQUIRE_DATA_ENV]} requires it"
+    return "skip", reason
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, with ``GEOGEN_REQUIRE_DATA=1``, fail) tests whose data folder is missing."""
+    for marker in item.iter_markers(name="requires_data"):
+        kind = marker.args[0]
+        outcome, reason = missing_data_outcome(
+            kind, SHARED_DATA if kind == "radar" else CLIMATE_DATA
+        )
+        if outcome == "fail":
+            pytest.fail(reason, pytrace=False)
+        if outcome == "skip":
+            pytest.skip(reason)
+
+
+requires_shared_data = pytest.mark.requires_data("radar")
+requires_climate_data = pytest.mark.requires_data("climate")

@@ -11,6 +11,8 @@ import lightning
 import numpy as np
 import torch
 
+from geogen.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -105,11 +107,9 @@ def finish_panel(
     if title:
         fig.suptitle(title, fontsize=9)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
     return path
 
 

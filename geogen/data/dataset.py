@@ -34,6 +34,7 @@ from geogen.io.store import (
     StoreError,
     StoreInfo,
     open_crop_store,
+    sampling_warnings,
     split_indices,
     store_info,
 )
@@ -323,10 +324,15 @@ class CropDataset(Dataset):
         self._time_offsets = np.asarray(groups[0]["time"][:], dtype=np.int64)
         if self._indices.size == 0:
             counts = "; ".join(f"{info.path}: {info.split_counts}" for info in infos)
+            causes = [
+                f"{info.path}: {warning}"
+                for info in infos
+                for warning in sampling_warnings(info.attrs.get("summary") or {})
+            ]
             raise EmptySplitError(
                 f"split {split!r} holds no sample (split_counts {counts}); choose another "
                 f"split (one of {', '.join(SPLITS)}) or rebuild the store with other split "
-                "settings"
+                "settings" + "".join(f". {cause}" for cause in causes)
             )
         self._transform = resolve_transform(transform, infos)
         self.advection = self._advection_caches(advection)

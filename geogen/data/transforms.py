@@ -27,12 +27,15 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from geogen.registry import Registry
+
 #: A NumPy array or a torch tensor; transforms return the same kind as they are given.
 ArrayOrTensor = Any
 
 TransformT = TypeVar("TransformT", bound="Transform")
 
-_REGISTRY: dict[str, type[Transform]] = {}
+#: The transforms by name, looked up case-insensitively.
+TRANSFORMS: Registry[Transform] = Registry("transform", case_insensitive=True)
 
 
 def _is_tensor(values: Any) -> bool:
@@ -159,21 +162,14 @@ def register_transform(name: str) -> Callable[[type[TransformT]], type[Transform
     def decorator(cls: type[TransformT]) -> type[TransformT]:
         if not (isinstance(cls, type) and issubclass(cls, Transform)):
             raise TypeError(f"register_transform({name!r}) expects a Transform subclass")
-        registered = _REGISTRY.get(name.lower())
-        if registered is not None and registered is not cls:
-            raise ValueError(
-                f"the transform name {name!r} is already taken by {registered.__qualname__}"
-            )
-        cls.name = name
-        _REGISTRY[name.lower()] = cls
-        return cls
+        return TRANSFORMS.register(name)(cls)  # type: ignore[return-value]
 
     return decorator
 
 
 def available_transforms() -> list[str]:
     """Names of the registered transforms, sorted case-insensitively."""
-    return sorted((cls.name for cls in _REGISTRY.values()), key=str.lower)
+    return TRANSFORMS.names()
 
 
 def get_transform(name: str, **params: Any) -> Transform:
@@ -197,11 +193,7 @@ def get_transform(name: str, **params: Any) -> Transform:
         If ``name`` is unknown (the message lists the valid names), or ``params`` do not fit
         the transform or are out of range.
     """
-    cls = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(
-            f"unknown transform {name!r}; valid names: {', '.join(available_transforms())}"
-        )
+    cls = TRANSFORMS.factory(name)
     signature = inspect.signature(cls)
     try:
         signature.bind(**params)

@@ -36,8 +36,6 @@ import contextlib
 import io
 import logging
 import math
-import sys
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -56,30 +54,14 @@ from geogen.io.sources import (
     register_source,
     validate_config,
 )
+from geogen.pysteps_import import import_pysteps  # re-exported: geogen.io.radar.import_pysteps
 
 log = logging.getLogger(__name__)
 
 
-_IMPORT_LOCK = threading.Lock()
-
 #: pysteps importers that use no netCDF4/HDF5/GDAL/GRIB library (PIL and numpy only, which
 #: release the GIL while decoding): they are read without ``HDF5_LOCK``.
 LOCK_FREE_IMPORTERS = frozenset({"mch_gif", "fmi_pgm"})
-
-
-def import_pysteps() -> Any:
-    """Import pysteps without its "configuration file found" banner on stdout.
-
-    ``redirect_stdout`` swaps the process-wide ``sys.stdout``, so it is only used once, under a
-    lock, for the first import (never around per-file reads, which run in threads).
-    """
-    if "pysteps.utils" not in sys.modules:
-        with _IMPORT_LOCK, contextlib.redirect_stdout(io.StringIO()):
-            import pysteps.io
-            import pysteps.utils
-    import pysteps
-
-    return pysteps
 
 
 class ZR(BaseModel):

@@ -34,10 +34,9 @@ from pydantic import BaseModel, ValidationError
 
 from geogen.io.archive import group_gaps
 from geogen.io.cf import Grid, field_dataset
+from geogen.registry import Registry
 
 log = logging.getLogger(__name__)
-
-_REGISTRY: dict[str, type[Source]] = {}
 
 TimeLike = str | datetime | pd.Timestamp | np.datetime64 | None
 
@@ -58,39 +57,29 @@ class BadFileError(SourceError):
         return (type(self), (self.path, self.reason))
 
 
+#: The source classes by kind. The modules that define them are imported by name on first
+#: lookup (importing one registers its classes).
+SOURCES: Registry[Source] = Registry(
+    "source kind",
+    error=SourceError,
+    builtin_modules=("geogen.io.gridded", "geogen.io.radar", "geogen.io.synthetic"),
+    name_attr="kind",
+)
+
+
 def register_source(kind: str) -> Callable[[type[Source]], type[Source]]:
-    """Class decorator registering a :class:`Source` subclass under ``kind``."""
-
-    def decorator(cls: type[Source]) -> type[Source]:
-        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
-            raise ValueError(f"source kind {kind!r} is already registered by {_REGISTRY[kind]}")
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        return cls
-
-    return decorator
+    """Class decorator registering a :class:`Source` subclass under ``kind`` (sets ``cls.kind``)."""
+    return SOURCES.register(kind)  # type: ignore[return-value]
 
 
 def available_source_kinds() -> list[str]:
     """Names of the registered source kinds."""
-    _load_builtin_kinds()
-    return sorted(_REGISTRY)
+    return SOURCES.names()
 
 
 def get_source_class(kind: str) -> type[Source]:
     """The :class:`Source` class registered under ``kind``."""
-    _load_builtin_kinds()
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise SourceError(
-            f"unknown source kind {kind!r}; valid kinds: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-
-
-def _load_builtin_kinds() -> None:
-    # Importing the modules registers their classes.
-    from geogen.io import gridded, radar, synthetic  # noqa: F401
+    return SOURCES.factory(kind)  # type: ignore[return-value]
 
 
 def to_timestamp(value: TimeLike) -> pd.Timestamp | None:

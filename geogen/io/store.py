@@ -246,3 +246,43 @@ def create_crop_arrays(
             attributes=arr_attrs,
             **kwargs,
         )
+
+
+def sampling_warnings(summary: Mapping[str, Any]) -> list[str]:
+    """Warnings about a store's size from its ``geogen-prepare`` summary (empty when fine).
+
+    A store with no crops, or no train crops, cannot be trained on. The usual cause is
+    the paper's importance sampling (``sampling=dgmr``), made for years of radar data: it keeps
+    a dry crop with probability 2e-4, so it draws almost none of a small archive (the pysteps
+    example events); ``sampling=small_archive`` keeps most rainy crops there.
+    """
+    written = int(summary.get("crops_written") or 0)
+    not_drawn = int(summary.get("rejected_sampling") or 0)
+    method = summary.get("sampling_method")
+    if written and (summary.get("split_counts") or {}).get("train", 1):
+        return []
+    what = "no crops" if not written else "no train crops"
+    if not_drawn and method == "dgmr":
+        return [
+            f"the store holds {what}: sampling=dgmr (the paper's importance sampling, made for "
+            f"years of radar data) drew {written} of {written + not_drawn} crops, almost none "
+            "of a small archive; rebuild it with sampling=small_archive (or sampling=uniform)"
+        ]
+    if not_drawn:
+        return [
+            f"the store holds {what}: {method} sampling drew {written} of "
+            f"{written + not_drawn} crops; raise sampling.probability (sampling=uniform keeps "
+            "every crop)"
+        ]
+    if not written and int(summary.get("crops_candidate") or 0) == 0:
+        return [
+            "the store holds no crops: no sequence of the archive was complete (see the gap, "
+            "unreadable-file and split-guard counts); check the source's time range and "
+            "sequence settings"
+        ]
+    if not written:
+        return [
+            "the store holds no crops: every crop had more missing data than "
+            "reject.max_nan_fraction allows"
+        ]
+    return [f"the store holds {what}: check the split settings (split.ranges / split.fractions)"]

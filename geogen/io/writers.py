@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
+
+from geogen.atomic import atomic_path
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 
@@ -62,11 +63,8 @@ def write_dataset(
     suffix = path.suffix.lower()
     if suffix not in (*NETCDF_SUFFIXES, ".zarr"):
         raise ValueError(f"unknown output type {path.name!r}: use .nc or .zarr")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
     enc = {name: dict(value) for name, value in encoding.items()}
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".zarr":
             for value in enc.values():
                 for netcdf_only in ("zlib", "complevel", "chunksizes"):
@@ -85,11 +83,6 @@ def write_dataset(
                     value.setdefault("complevel", 4)
                     value.setdefault("chunksizes", chunks)
             ds.to_netcdf(tmp, engine="netcdf4", encoding=enc)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _remove(path)
-    os.replace(tmp, path)
     return path
 
 
@@ -111,10 +104,3 @@ def netcdf_engine() -> str:
     import importlib.util
 
     return "netcdf4" if importlib.util.find_spec("netCDF4") is not None else "h5netcdf"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()

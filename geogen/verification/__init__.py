@@ -8,12 +8,15 @@
   :func:`reliability_statistics`, :func:`ensemble_skill`, :func:`ensemble_spread`,
   :func:`rapsd`, and in the normalised log units of Leinonen et al. (2020)
   :func:`to_paper_units`, :func:`log_spectral_distance`, :func:`ms_ssim`.
+- :func:`score` (also ``geogen.score``): an ensemble ``DataArray`` against its observation,
+  to an ``xarray.Dataset`` of scores over ``lead_time``, ``threshold`` and ``scale``.
 - :mod:`geogen.verification.scoring`: forecast files against archive observations, or
   models over the cases of a crop store, to a tidy table of scores.
 - :mod:`geogen.verification.downscale`: downscaled files against the high-resolution truth
   (``geogen-score task=downscale``), or downscalers over a downscale store.
 """
 
+from geogen.verification.api import score, scores_to_dataset
 from geogen.verification.categorical import (
     CATEGORICAL_SCORES,
     categorical_scores,
@@ -75,5 +78,7 @@ __all__ = [
     "register_metric",
     "reliability_curve",
     "reliability_statistics",
+    "score",
+    "scores_to_dataset",
     "to_paper_units",
 ]

@@ -28,19 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geogen.verification.interface import VerificationError
-from geogen.verification.scoring import (
-    Scorer,
-    ScoreResult,
-    ScoringSettings,
-    _check_crs,
-    _members_identical,
-    _progress,
-    _source_dict,
+from geogen.atomic import write_atomic
+from geogen.verification.files import (
+    check_crs,
     expand_paths,
+    progress_bar,
     region_in_grid,
-    validate_settings,
+    source_dict,
 )
+from geogen.verification.interface import VerificationError
+from geogen.verification.scorer import Scorer, ScoreResult, members_identical
+from geogen.verification.settings import ScoringSettings, validate_settings
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +154,7 @@ def score_downscaled(
     from geogen.forecasting.api import grid_spacing_km
     from geogen.io import SourceError, load_source
 
-    src_cfg = _source_dict(source)
+    src_cfg = source_dict(source)
     step_minutes = float(src_cfg["timestep"])
     files = expand_paths(paths)
     if not files:
@@ -177,7 +175,7 @@ def score_downscaled(
                     f"of {label}): {exc}"
                 ) from None
             scorer.pixel_size_km = grid_spacing_km(ensemble)
-        _check_crs(ensemble, grid, label, src_cfg["name"])
+        check_crs(ensemble, grid, label, src_cfg["name"])
         region = tuple(region_in_grid(ensemble, grid, label, src_cfg["name"]))
         opened.append(_File(path, name, ensemble, lowres, times, region))  # type: ignore[arg-type]
     cases: dict[tuple[int, ...], list[_File]] = {}
@@ -185,7 +183,7 @@ def score_downscaled(
         cases.setdefault(item.region, []).append(item)
     example: DownscaleExample | None = None
     case_times: dict[str, list[str]] = {}
-    for region, items in _progress(sorted(cases.items()), progress, "cases"):
+    for region, items in progress_bar(sorted(cases.items()), progress, "cases"):
         groups: dict[tuple[pd.Timestamp, ...], list[_File]] = {}
         for item in items:
             groups.setdefault(tuple(item.times), []).append(item)
@@ -236,7 +234,7 @@ def score_downscaled(
                     else np.full((1, 1), np.nan, dtype=np.float32),
                     truth=truth[-1],
                     members={
-                        name: values[:1, -1] if _members_identical(values) else values[:, -1]
+                        name: values[:1, -1] if members_identical(values) else values[:, -1]
                         for name, values in forecasts.items()
                     },
                 )
@@ -288,7 +286,7 @@ def score_downscale_store(
         Seed of the subset and of the ensembles (pair ``i`` uses ``seed + i``).
     """
     from geogen.downscaling import DownscaleError, get_downscaler
-    from geogen.verification.scoring import open_store_cases
+    from geogen.verification.store_cases import open_store_cases
 
     if not models:
         raise VerificationError("scoring a downscale store needs models=[interp, rainfarm, ...]")
@@ -317,7 +315,7 @@ def score_downscale_store(
     if grid.get("dx") and grid.get("units", "m") in ("m", "km"):
         scorer.pixel_size_km = abs(float(grid["dx"])) * (1.0 if grid["units"] == "km" else 1e-3)
     example: DownscaleExample | None = None
-    for i in _progress([int(i) for i in indices], progress, "pairs"):
+    for i in progress_bar([int(i) for i in indices], progress, "pairs"):
         truth = np.asarray(truth_array[i], dtype=np.float32)
         lowres = np.asarray(lowres_array[i], dtype=np.float32)
         forecasts = {}
@@ -468,12 +466,6 @@ def _markdown(table: pd.DataFrame, first: str = "model") -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_downscale_report(
     result: ScoreResult,
     out: str | os.PathLike,
@@ -500,7 +492,7 @@ def write_downscale_report(
         ),
     }
     for name, write in files.items():
-        _write_atomic(out / name, write)
+        write_atomic(out / name, write)
     made: dict[str, Path] = {}
     if settings.get("enabled", True):
         folder = out / "plots"
@@ -587,5 +579,5 @@ def write_downscale_report(
         "the frames. `paper_*` rows are in the paper's normalised log units.",
     ]
     path = out / "report.md"
-    _write_atomic(path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+    write_atomic(path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
     return path

@@ -33,9 +33,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from geogen.registry import Registry
 
-_REGISTRY: dict[str, type[Metric]] = {}
+log = logging.getLogger(__name__)
 
 #: ``(metric, threshold, scale, pooling)``: the key of one score curve (``threshold`` NaN
 #: where it does not apply, ``scale`` in pixels, ``pooling`` ``none``/``avg``/``max``).
@@ -260,34 +260,30 @@ class Metric(abc.ABC):
             return self.diagrams(state.summed())
 
 
+#: The metrics by name. The modules that define metrics are imported by name on first lookup
+#: (importing one registers its metrics), so this module imports none of them.
+METRICS: Registry[Metric] = Registry(
+    "metric",
+    error=VerificationError,
+    builtin_modules=(
+        "geogen.verification.categorical",
+        "geogen.verification.continuous",
+        "geogen.verification.paper",
+        "geogen.verification.probabilistic",
+        "geogen.verification.spatial",
+        "geogen.verification.spectra",
+    ),
+)
+
+
 def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
     """Register a :class:`Metric` class under ``name``."""
-
-    def decorator(cls: type[Metric]) -> type[Metric]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"metric {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_builtin() -> None:
-    from geogen.verification import (  # noqa: F401  (modules register their metrics)
-        categorical,
-        continuous,
-        paper,
-        probabilistic,
-        spatial,
-        spectra,
-    )
+    return METRICS.register(name)  # type: ignore[return-value]
 
 
 def available_metrics() -> list[str]:
     """Names of the registered metrics."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return METRICS.names()
 
 
 def get_metric(name: str, **settings: Any) -> Metric:
@@ -298,13 +294,7 @@ def get_metric(name: str, **settings: Any) -> Metric:
     VerificationError
         For an unknown name (the message lists the valid ones) or invalid settings.
     """
-    _load_builtin()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise VerificationError(
-            f"unknown metric {name!r}; valid metrics: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    cls = METRICS.factory(name)
     try:
         return cls(**settings)
     except TypeError as exc:

@@ -10,13 +10,14 @@ no-data pixels are grey.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from geogen.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,9 @@ def _colours(models: Sequence[str]) -> dict[str, Any]:
 
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    _pyplot().close(fig)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        _pyplot().close(fig)
     return path
 
 
@@ -372,11 +371,9 @@ def animate_members(
 
     anim = FuncAnimation(fig, draw, frames=len(example.lead_minutes), blit=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
+        plt.close(fig)
     return path
 
 

@@ -5,6 +5,8 @@ Layout of an output folder::
     scores.csv / scores.nc / scores.json      one row per (model, lead_time, metric,
                                               threshold, scale, pooling): value, ci_low,
                                               ci_high, n_cases
+    scores_dataset.nc                         one variable per metric over model, lead_time,
+                                              threshold, scale (as geogen.score returns)
     scores_mean.csv                           the same averaged over lead times (ranking)
     diagrams.csv / diagrams.json              rank histograms, reliability curves, spectra
     plots/*.png, plots/*.gif                  skill vs lead time, diagrams, forecast panels
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geogen.atomic import write_atomic
 from geogen.verification import plots
 from geogen.verification.scoring import ScoreResult
 
@@ -41,21 +44,15 @@ RANKING_COLUMNS: tuple[tuple[tuple[str, float, int, str], str, bool], ...] = (
 )
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_tables(result: ScoreResult, out: Path) -> dict[str, Path]:
-    """``scores.{csv,nc,json}``, ``scores_mean.csv``, ``diagrams.{csv,json}``."""
+    """``scores.{csv,nc,json}``, ``scores_dataset.nc``, ``scores_mean.csv``, ``diagrams.*``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     scores = result.scores
     paths["scores.csv"] = out / "scores.csv"
-    _write_atomic(paths["scores.csv"], lambda p: scores.to_csv(p, index=False))
+    write_atomic(paths["scores.csv"], lambda p: scores.to_csv(p, index=False))
     paths["scores.json"] = out / "scores.json"
-    _write_atomic(paths["scores.json"], lambda p: scores.to_json(p, orient="records", indent=1))
+    write_atomic(paths["scores.json"], lambda p: scores.to_json(p, orient="records", indent=1))
     paths["scores.nc"] = out / "scores.nc"
     ds = scores.rename_axis("row").to_xarray()
     ds.attrs.update(
@@ -68,13 +65,19 @@ def write_tables(result: ScoreResult, out: Path) -> dict[str, Path]:
             "metadata": json.dumps(_jsonable(result.metadata)),
         }
     )
-    _write_atomic(paths["scores.nc"], lambda p: ds.to_netcdf(p, engine="netcdf4"))
+    write_atomic(paths["scores.nc"], lambda p: ds.to_netcdf(p, engine="netcdf4"))
+    # The same scores as geogen.score returns them: a variable per metric over model,
+    # lead_time, threshold and scale (weatherbench2 style).
+    paths["scores_dataset.nc"] = out / "scores_dataset.nc"
+    by_metric = result.to_dataset()
+    by_metric.attrs["metadata"] = ds.attrs["metadata"]
+    write_atomic(paths["scores_dataset.nc"], lambda p: by_metric.to_netcdf(p, engine="netcdf4"))
     paths["scores_mean.csv"] = out / "scores_mean.csv"
-    _write_atomic(paths["scores_mean.csv"], lambda p: result.lead_means.to_csv(p, index=False))
+    write_atomic(paths["scores_mean.csv"], lambda p: result.lead_means.to_csv(p, index=False))
     paths["diagrams.csv"] = out / "diagrams.csv"
-    _write_atomic(paths["diagrams.csv"], lambda p: result.diagrams.to_csv(p, index=False))
+    write_atomic(paths["diagrams.csv"], lambda p: result.diagrams.to_csv(p, index=False))
     paths["diagrams.json"] = out / "diagrams.json"
-    _write_atomic(
+    write_atomic(
         paths["diagrams.json"], lambda p: result.diagrams.to_json(p, orient="records", indent=1)
     )
     return paths
@@ -337,7 +340,7 @@ def write_report(
         _conventions(),
     ]
     path = out / "report.md"
-    _write_atomic(path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+    write_atomic(path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
     return path
 
 

@@ -359,7 +359,7 @@ def test_error_for_empty_or_unknown_split(store):
         CropDataset(store("no_val"), split="val")
     with pytest.raises(StoreError, match="unknown split"):
         CropDataset(store("nowcast"), split="validation")
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match="unknown transform 'sqrt'; valid transforms"):
         CropDataset(store("nowcast"), transform="sqrt")
 
 

@@ -13,6 +13,7 @@ import xarray as xr
 import zarr
 from conftest import deep_update, downscale_overrides, prepare_config, synthetic_source
 
+import data_pipelines.plan as plan_module
 import data_pipelines.prepare as prepare_module
 from data_pipelines.config import validate_prepare_config
 from data_pipelines.prepare import block_mean, prepare
@@ -526,7 +527,7 @@ def test_plan_in_steps_equals_the_plan_at_once():
     pd.testing.assert_frame_equal(in_steps, at_once, check_exact=True)
     assert planner.summary_counts() == counts
     # parts: windows stay together; at most `samples` crops or `windows` windows per part
-    parts = prepare_module._parts(at_once, 5, 3)
+    parts = plan_module._parts(at_once, 5, 3)
     assert (np.diff(parts) >= 0).all()
     for p in np.unique(parts):
         rows = at_once[parts == p]

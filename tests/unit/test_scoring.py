@@ -141,10 +141,19 @@ def test_score_files_against_the_archive(forecast_files):
 
 def test_score_files_runs_models_on_the_same_case(forecast_files):
     p_path, _, _ = forecast_files
-    result = score_files([p_path], SOURCE, settings=FAST, models=[ModelSpec("persistence")])
-    assert result.metadata["models"] == ["persistence", "persistence:persistence"] or set(
-        result.metadata["models"]
-    ) >= {"persistence"}
+    run = ModelSpec("persistence", label="persistence_run")
+    result = score_files([p_path], SOURCE, settings=FAST, models=[run])
+    assert result.metadata["models"] == ["persistence", "persistence_run"]
+    assert result.metadata["reference_models"] == ["persistence_run"]
+    # The model run on the file's case from the same context is the file's forecast again.
+    scores = result.scores.sort_values(["lead_time", "metric", "threshold", "scale", "pooling"])
+    from_file = scores[scores["model"] == "persistence"]["value"].to_numpy()
+    from_run = scores[scores["model"] == "persistence_run"]["value"].to_numpy()
+    assert len(from_file) == len(from_run) > 0
+    np.testing.assert_allclose(from_run, from_file, rtol=1e-6)
+    # A model labelled like a file would silently replace the file's forecast: an error.
+    with pytest.raises(VerificationError, match="name both a forecast file and a model"):
+        score_files([p_path], SOURCE, settings=FAST, models=[ModelSpec("persistence")])
 
 
 def test_score_files_grid_and_time_mismatch(tmp_path, forecast_files):
@@ -214,6 +223,14 @@ def test_report_with_all_plots(tmp_path, forecast_files):
 
     with xr.open_dataset(out / "scores.nc") as ds:
         assert ds.sizes["row"] == len(table)
+    # geogen.score's layout, with a model dimension: the same numbers as the table.
+    with xr.open_dataset(out / "scores_dataset.nc") as ds:
+        assert ds["crps"].dims == ("model", "lead_time")
+        assert sorted(ds["model"].values) == ["noisy", "persistence"]
+        crps_rows = table[(table["metric"] == "crps") & (table["pooling"] == "none")]
+        for _, row in crps_rows.iterrows():
+            at = {"model": row["model"], "lead_time": pd.Timedelta(minutes=int(row["lead_time"]))}
+            np.testing.assert_allclose(float(ds["crps"].sel(at)), row["value"], rtol=1e-6)
 
 
 def test_config_validation():

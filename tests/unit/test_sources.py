@@ -11,7 +11,9 @@ from geogen.io.sources import to_timestamp
 
 def test_registry_lists_kinds_and_rejects_unknown():
     assert {"pysteps", "xarray", "synthetic"} <= set(available_source_kinds())
-    with pytest.raises(SourceError, match="unknown source kind 'ftp'; valid kinds: .*pysteps"):
+    with pytest.raises(
+        SourceError, match="unknown source kind 'ftp'; valid source kinds: .*pysteps"
+    ):
         load_source({"name": "x", "kind": "ftp"})
     with pytest.raises(SourceError, match="has no 'kind'"):
         load_source({"name": "x"})

@@ -232,7 +232,8 @@ def test_invalid_params(name, params, match):
 
 
 def test_register_transform(monkeypatch):
-    monkeypatch.setattr(transforms, "_REGISTRY", dict(transforms._REGISTRY))
+    monkeypatch.setattr(transforms.TRANSFORMS, "_factories", dict(transforms.TRANSFORMS._factories))
+    monkeypatch.setattr(transforms.TRANSFORMS, "_names", dict(transforms.TRANSFORMS._names))
 
     @register_transform("negate")
     class Negate(Transform):
@@ -245,7 +246,7 @@ def test_register_transform(monkeypatch):
     transform = get_transform("negate")
     assert transform.name == "negate" and transform.params == {}
     np.testing.assert_array_equal(transform(np.array([1.0, -2.0])), [-1.0, 2.0])
-    with pytest.raises(ValueError, match="already taken"):
+    with pytest.raises(ValueError, match="already registered"):
         register_transform("NEGATE")(type("Other", (Transform,), {}))
     with pytest.raises(TypeError):
         register_transform("not_a_transform")(dict)

@@ -145,6 +145,27 @@ def test_crps_equals_pysteps(rng):
         close(crps(fct[:, lead], obs[lead]), probscores.CRPS(fct[:, lead], obs[lead]))
 
 
+def test_crps_with_ties_equals_the_closed_form():
+    """E|X - y| - E|X - X'| / 2 of the members' empirical distribution, ties included.
+
+    Members [0, 0, 0, 1] and an observation of 0: 1/4 - (6/16) / 2 = 0.0625. pysteps 1.21's
+    CRPS_accum gives 0.0 here (docs/pysteps_crps_ties.md), so pysteps is compared on tie-free
+    values only (test_crps_equals_pysteps).
+    """
+    members = np.array([0.0, 0.0, 0.0, 1.0])
+    assert crps(members[:, None], np.array([0.0])) == pytest.approx(0.0625, abs=1e-12)
+    rng = np.random.default_rng(3)
+    fct = rain(rng, (8, 30, 40), wet=0.4).astype(np.float64)  # many zeros: ties everywhere
+    obs = rain(rng, (30, 40), wet=0.4).astype(np.float64)
+    fct[:, :5] = np.round(fct[:, :5])  # ties at non-zero values too
+    obs[:5] = np.round(obs[:5])
+    skill = np.abs(fct - obs[None]).mean(axis=0)
+    spread = np.abs(fct[:, None] - fct[None]).mean(axis=(0, 1))
+    close(crps(fct, obs), (skill - spread / 2).mean())
+    properscoring = pytest.importorskip("properscoring")
+    close(crps(fct, obs), properscoring.crps_ensemble(obs, np.moveaxis(fct, 0, -1)).mean())
+
+
 def test_crps_with_ties_is_exact():
     """Zero rain in the observation and in some members: the integral of (F - H)^2 exactly."""
     members = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
@@ -226,14 +247,37 @@ def test_rank_histogram_equals_pysteps_without_ties(rng):
 
 
 def test_rank_histogram_ties_like_pysteps(rng):
-    """With x_min, values below it are tied; ranks are uniform over the tied positions."""
+    """With x_min, values below it are tied; ranks are uniform over the tied positions.
+
+    Both geogen and pysteps draw the rank of a tied observation at random (pysteps with
+    NumPy's global generator), so the pixels without ties are compared to pysteps exactly,
+    and the tied ones to the histogram they have in expectation (uniform over the tied
+    positions), within the sampling noise of the draws.
+    """
     fct = rain(rng, (4, 200, 200), wet=0.3)
     obs = rain(rng, (200, 200), wet=0.3)
-    mine = rank_counts(fct, obs, x_min=0.1, rng=np.random.default_rng(0))
+    folded_f = np.where(fct < 0.1, -1.0, fct)
+    folded_o = np.where(obs < 0.1, -1.0, obs)
+    scored = (obs >= 0.1) | (fct >= 0.1).any(axis=0)
+    ties = (folded_f == folded_o[None]).sum(axis=0)
+    untied, tied = scored & (ties == 0), scored & (ties > 0)
+    assert untied.sum() > 10_000 and tied.sum() > 5_000
+    # Without ties: exactly pysteps' counts.
+    mine = rank_counts(fct[:, untied], obs[untied], x_min=0.1)
+    ref = ensscores.rankhist(fct[:, untied], obs[untied], X_min=0.1, normalize=False)
+    np.testing.assert_array_equal(mine, ref)
+    # With ties: the expected histogram, rank uniform over [below, below + ties].
+    below = (folded_f < folded_o[None]).sum(axis=0)[tied]
+    expected = np.zeros(5)
+    for lo, n in zip(below, ties[tied], strict=True):
+        expected[lo : lo + n + 1] += 1.0 / (n + 1)
+    mine = rank_counts(fct[:, tied], obs[tied], x_min=0.1, rng=np.random.default_rng(0))
     np.random.seed(0)  # noqa: NPY002  (pysteps breaks ties with the global generator)
-    ref = ensscores.rankhist(fct, obs, X_min=0.1, normalize=False)
-    assert mine.sum() == ref.sum()
-    np.testing.assert_allclose(mine / mine.sum(), ref / ref.sum(), atol=0.01)
+    ref = ensscores.rankhist(fct[:, tied], obs[tied], X_min=0.1, normalize=False)
+    noise = 4 * np.sqrt(expected)  # 4 standard deviations of a count (at most Poisson)
+    assert mine.sum() == ref.sum() == tied.sum()
+    assert np.all(np.abs(mine - expected) <= noise), (mine, expected)
+    assert np.all(np.abs(ref - expected) <= noise), (ref, expected)
 
 
 def test_reliability_equals_pysteps(case):
