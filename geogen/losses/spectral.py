@@ -32,7 +32,9 @@ def radial_power(fields: torch.Tensor) -> torch.Tensor:
 def log_spectral_loss(
     samples: torch.Tensor, target: torch.Tensor, *, floor: float = 1e-8
 ) -> torch.Tensor:
-    """Mean squared ``log10`` ratio of the member-mean ring power to the target's.
+    """Mean squared ``log10`` ratio of the member-mean ring power to the target's, per octave.
+
+    Rings are weighted by ``1 / radius``, so that each octave of wavelengths weighs the same.
 
     Parameters
     ----------
@@ -56,5 +58,10 @@ def log_spectral_loss(
     observed = radial_power(target)
     forecast = radial_power(samples).mean(dim=0)
     ratio = torch.log10(forecast + floor) - torch.log10(observed + floor)
+    # rings weighted by 1 / radius: every octave of wavelengths counts the same (the
+    # verification's bands), not the many rings of the finest scales
+    radius = torch.arange(1, ratio.shape[-1] + 1, dtype=ratio.dtype, device=ratio.device)
+    weights = 1.0 / radius
+    per_field = (ratio**2 * weights).sum(dim=-1) / weights.sum()
     keep = (target.flatten(1).std(dim=1) > 0).to(ratio.dtype)
-    return ((ratio**2).mean(dim=-1) * keep).sum() / keep.sum().clamp_min(1.0)
+    return (per_field * keep).sum() / keep.sum().clamp_min(1.0)
