@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,22 @@ def test_crps_method_refuses_a_log_transform(pair_stores, tmp_path):
     )
     with pytest.raises(ValueError, match="transform=identity"):
         run_train(cfg)
+
+
+def test_radar_downscale_all_lists_every_source_with_rmi_validation_and_mch_test():
+    cfg = compose_train_config(["experiment=downscale_residual", "paths.stores=/stores"])
+    names = [Path(path).name for path in cfg.data.path]
+    assert names == [
+        "mch.zarr",
+        "fmi.zarr",
+        "bom.zarr",
+        "bom_c10.zarr",
+        "opera.zarr",
+        "opera_cirrus.zarr",
+        "mrms.zarr",
+    ]
+    assert all(str(path).startswith("/stores/downscale/") for path in cfg.data.path)
+    assert cfg.data.val_path == "/stores/downscale/rmi.zarr"
+    assert cfg.data.test_path == "/stores/downscale/mch.zarr"
+    assert cfg.data.transform == "identity" and cfg.data.augment
+    assert cfg.callbacks.model_checkpoint.monitor == "val/crps"
