@@ -1,8 +1,20 @@
-"""Downscaling GAN speed and size, and its ensemble throughput against RainFARM.
+"""Downscaling: skill against RainFARM and interpolation (``--skill``), GAN speed and size.
 
+    python benchmarks/bench_downscale.py --skill             # test split, shipped checkpoint
+    python benchmarks/bench_downscale.py --skill --ckpt mine=PATH/last.ckpt --split val \
+        --store outputs/stores/downscale/rmi.zarr
     python benchmarks/bench_downscale.py                     # paper-size and tiny, CPU or GPU
     python benchmarks/bench_downscale.py --configs tiny --repeat 2
     python benchmarks/bench_downscale.py --device cuda --batch 16
+
+``--skill`` scores, on every pair of a downscale store split (default: the test split of
+the MeteoSwiss pair store of ``scripts/prepare_downscale_stores.sh``, 2016-07-11), the shipped
+``checkpoints/downscale_gan*.ckpt`` (and any ``--ckpt NAME=PATH``), pysteps' RainFARM and
+bilinear interpolation, ``--members`` members (16x, 20 by default), with 95 % bootstrap
+intervals by valid time; it prints one JSON document and a markdown table beside the paper's
+rows (see ``benchmarks/_downscale_skill.py`` for the scores).
+
+Without ``--skill``:
 
 Prints one JSON document. For each config (``paper``: the published widths, the
 ``downscale_gan`` network; ``tiny``: the ``downscale_gan_tiny`` widths) it reports the
@@ -193,9 +205,18 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--members", type=int, default=20)
+    parser.add_argument("--skill", action="store_true", help="score skill (see docstring)")
+    parser.add_argument("--store", default="outputs/stores/downscale/mch.zarr")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--ckpt", nargs="*", default=None, help="NAME=PATH checkpoints")
+    parser.add_argument("--boot", type=int, default=1000)
+    parser.add_argument("--max-cases", type=int, default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", default="tiny", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.skill:
+        skill(args)
+        return
     if args.batch is None:
         args.batch = 16 if args.device.startswith("cuda") else 2
     if args.worker:
@@ -235,6 +256,33 @@ def main() -> None:
             )
         report["configs"][config] = entry
     print(json.dumps(report, indent=2))
+
+
+def skill(args: argparse.Namespace) -> None:
+    """``--skill``: JSON, then the markdown table (see the module docstring)."""
+    from _downscale_skill import markdown, score_store
+
+    models: dict[str, tuple[str, dict]] = {}
+    if args.ckpt is None:
+        for path in sorted((HERE.parent / "checkpoints").glob("downscale_gan*.ckpt")):
+            models[path.stem] = ("downscale_gan", {"ckpt": str(path), "device": "cpu"})
+    else:
+        for item in args.ckpt:
+            name, _, path = item.partition("=")
+            models[name] = ("downscale_gan", {"ckpt": path, "device": "cpu"})
+    models["rainfarm"] = ("rainfarm", {})
+    models["interp"] = ("interp", {})
+    result = score_store(
+        args.store,
+        models,
+        split=args.split,
+        members=args.members,
+        boot=args.boot,
+        max_cases=args.max_cases,
+    )
+    print(json.dumps(result, indent=2))
+    print()
+    print(markdown(result))
 
 
 def _cuda() -> bool:

@@ -5,8 +5,8 @@
 #   pysteps STEPS), 20-member ensembles of the fresh dgmr_steps and of the shipped dgmr_steps
 #   and dgmr_advect checkpoints for the held-back case -> score every forecast
 #   in $OUT/forecasts against the archive -> plots and report.md; then downscaling: pairs
-#   (128 x 128 crops and their 16 x 16 block means) -> the tiny downscaling GAN (when its
-#   experiment exists) -> interp, RainFARM (and GAN) ensembles of the held-back case, coarsened
+#   (128 x 128 crops and their 16 x 16 block means) -> a briefly trained residual downscaler
+#   -> interp, RainFARM (and learned) ensembles of the held-back case, coarsened
 #   by 16 -> scores against the truth in $OUT/scores-downscale (with the paper's table).
 # Data: $GEOGEN_DATA, else ../shared/data/pysteps-data, else pysteps' example-data download
 # (GEOGEN_DOWNLOAD=1 fetches it; needs internet). Outputs go to $GEOGEN_DEMO_DIR (outputs/demo).
@@ -97,17 +97,18 @@ geogen-prepare source=mch task=downscale paths.radar_root="$DATA" out="$OUT/mch_
     'split.ranges.test=[["2016-07-11T00:00","2016-07-12T06:00"]]' \
     hydra.run.dir="$OUT/logs/prepare-downscale"
 
-# 7. The tiny downscaling GAN (Leinonen et al. 2020), trained briefly on the training pairs
-#    (GEOGEN_DEMO_DS_TRAIN_TIME, default 2 minutes), then a 20-member ensemble of the held-back case.
+# 7. The residual downscaler (RainFARM + a learned residual, the shipped model's recipe),
+#    trained briefly on the training pairs (GEOGEN_DEMO_DS_TRAIN_TIME, default 2 minutes),
+#    then a 20-member ensemble of the held-back case.
 DOWNSCALED="$OUT/downscaled"
-GAN_DIR="$OUT/train/downscale_gan_tiny"
+GAN_DIR="$OUT/train/downscale_residual_tiny"
 DS_CASE=(source=mch time=2016-07-11T22:00 'region=[160,320,256,256]' coarsen=16 length=8
     paths.radar_root="$DATA" progress=false)
 rm -rf "$DOWNSCALED"
 mkdir -p "$DOWNSCALED"
 rm -rf "$GAN_DIR"
-stage 7 "train downscale_gan_tiny (geogen-train, ${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00} on CPU)"
-geogen-train experiment=downscale_gan_tiny data.path="$OUT/mch_downscale.zarr" \
+stage 7 "train downscale_residual_tiny (geogen-train, ${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00} on CPU)"
+geogen-train experiment=downscale_residual_tiny data.path="$OUT/mch_downscale.zarr" \
     trainer.max_time="${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00}" trainer.max_epochs=1000 \
     callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$GAN_DIR"
 geogen-downscale model=downscale_gan ckpt="$GAN_DIR/checkpoints/last.ckpt" members=20 \

@@ -27,7 +27,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
-from geogen.data.augment import dihedral
+from geogen.data.augment import N_DIHEDRAL, dihedral
 from geogen.data.transforms import Transform, get_transform
 from geogen.io.store import (
     SPLITS,
@@ -60,6 +60,10 @@ _SHARED_FIELDS: tuple[str, ...] = (
     "lead",
     "factor",
 )
+
+#: Properties that downscale stores may differ in: a downscaling pair is spatial, so each
+#: sequence keeps the time step of its own source (recorded per sample as ``step_minutes``).
+_FREE_IN_DOWNSCALE: frozenset[str] = frozenset({"timestep_minutes"})
 
 
 class EmptySplitError(StoreError):
@@ -187,14 +191,21 @@ def resolve_transform(spec: TransformSpec, infos: Sequence[StoreInfo] = ()) -> T
 def check_compatible(infos: Sequence[StoreInfo]) -> None:
     """Check that stores can be concatenated: same task, variable, shape and timing.
 
+    Nowcast stores must also share their time step (a nowcaster learns one step). Downscale
+    stores may mix steps: a pair is 8 frames of its own source's step, and each sample
+    records that step (``step_minutes``) beside its ``source``.
+
     Raises
     ------
     StoreError
         Naming the first property on which the stores disagree, with each store's value.
     """
     first = infos[0]
+    free = _FREE_IN_DOWNSCALE if first.task == "downscale" else frozenset()
     for other in infos[1:]:
         for name in _SHARED_FIELDS:
+            if name in free and other.task == first.task:
+                continue
             if getattr(other, name) != getattr(first, name):
                 raise StoreError(
                     f"crop stores cannot be combined: {name} is {getattr(first, name)!r} in "
@@ -224,9 +235,9 @@ class CropDataset(Dataset):
         "store", "std": "store"}`` uses the pooled training statistics of the stores (see
         :func:`resolve_transform`).
     augment
-        Apply a random symmetry of the square (flips of ``y``/``x`` and 90 degree rotations,
-        drawn with :func:`torch.randint`) to each sample; all frames, the mask and the
-        low-resolution input get the same one.
+        Apply one of the 8 symmetries of the square (:func:`geogen.data.augment.dihedral`,
+        drawn with :func:`torch.randint`) to each sample; all frames, the mask, the
+        low-resolution input and the advection forecast get the same one.
     nan_fill
         Value in the physical units of the variable (before the transform) that replaces NaN
         (no data). The ``mask`` entry tells which pixels had data.
@@ -264,6 +275,8 @@ class CropDataset(Dataset):
     - ``mask`` ``(T, H, W)`` bool, True where the store has data (all ``T`` frames; for a
       nowcast ``mask[:context]`` belongs to ``context``);
     - ``sample_prob`` float32 scalar, the probability with which the crop was kept;
+    - ``step_minutes`` float32 scalar, the time step of the sample's frames (its store's;
+      downscale stores of different steps can be combined);
     - ``index`` int64 scalar, position of the sample in its store, and ``store`` int64
       scalar, position of that store in ``path``;
     - ``t0`` int64 scalar, valid time of the first frame in seconds since 1970-01-01 UTC,
@@ -307,7 +320,7 @@ class CropDataset(Dataset):
         if first.task == "downscale" and not first.factor:
             raise StoreError(f"{first.path}: downscale store without a factor")
 
-        store_ids, indices, sample_prob, t0, sources = [], [], [], [], []
+        store_ids, indices, sample_prob, t0, sources, steps = [], [], [], [], [], []
         for number, group in enumerate(groups):
             selected = split_indices(group, split).astype(np.int64)
             store_ids.append(np.full(selected.size, number, dtype=np.int64))
@@ -316,12 +329,17 @@ class CropDataset(Dataset):
             times = np.asarray(group["t0"][:]).astype("datetime64[s]").astype(np.int64)
             t0.append(times[selected])
             sources.append(np.asarray(group["source"][:].tolist(), dtype=object)[selected])
+            steps.append(np.full(selected.size, infos[number].timestep_minutes, np.float32))
         self._store_ids = np.concatenate(store_ids)
         self._indices = np.concatenate(indices)
         self._sample_prob = np.concatenate(sample_prob)
         self._t0 = np.concatenate(t0)
         self._sources = np.concatenate(sources)
-        self._time_offsets = np.asarray(groups[0]["time"][:], dtype=np.int64)
+        self._step_minutes = np.concatenate(steps)
+        offsets = {tuple(np.asarray(group["time"][:], dtype=np.int64)) for group in groups}
+        self._time_offsets = (
+            np.asarray(next(iter(offsets)), dtype=np.int64) if len(offsets) == 1 else None
+        )
         if self._indices.size == 0:
             counts = "; ".join(f"{info.path}: {info.split_counts}" for info in infos)
             causes = [
@@ -442,8 +460,25 @@ class CropDataset(Dataset):
 
     @property
     def time_offsets_minutes(self) -> np.ndarray:
-        """``(time,)`` int64, minutes of each frame relative to the issue time (see the store)."""
+        """``(time,)`` int64, minutes of each frame relative to the issue time (see the store).
+
+        Raises
+        ------
+        StoreError
+            If the stores mix time steps (downscale stores may): see :attr:`step_minutes`.
+        """
+        if self._time_offsets is None:
+            steps = ", ".join(f"{info.path}: {info.timestep_minutes:g}" for info in self.infos)
+            raise StoreError(
+                f"the stores mix time steps ({steps} min): each sample has its own "
+                "(step_minutes); there is no common time axis"
+            )
         return self._time_offsets.copy()
+
+    @property
+    def step_minutes(self) -> np.ndarray:
+        """``(len(self),)`` float32: the time step of each sample's frames (its store's)."""
+        return self._step_minutes.copy()
 
     @property
     def sample_prob(self) -> np.ndarray:
@@ -509,8 +544,8 @@ class CropDataset(Dataset):
         if self.steps is not None:
             fields["steps"] = self._to_model(self.steps[number].read(index))
         if self.augment:
-            op = int(torch.randint(0, 8, ()).item())
-            fields = {key: dihedral(value, op) for key, value in fields.items()}
+            op = int(torch.randint(0, N_DIHEDRAL, ()).item())
+            fields = {key: dihedral(value, op).contiguous() for key, value in fields.items()}
 
         sequence = fields.pop("sequence")
         out: dict[str, torch.Tensor] = {}
@@ -525,6 +560,7 @@ class CropDataset(Dataset):
             if name in fields:
                 out[name] = fields.pop(name)
         out["sample_prob"] = torch.tensor(self._sample_prob[position], dtype=torch.float32)
+        out["step_minutes"] = torch.tensor(self._step_minutes[position], dtype=torch.float32)
         out["index"] = torch.tensor(index, dtype=torch.int64)
         out["store"] = torch.tensor(number, dtype=torch.int64)
         if self.return_metadata:

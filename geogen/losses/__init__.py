@@ -1,8 +1,13 @@
 """Losses as pure functions of tensors (no modules, no state)."""
 
-from geogen.losses.crps import ensemble_crps, ensemble_spread_skill, pooled_crps
+from geogen.losses.crps import (
+    almost_fair_crps,
+    ensemble_crps,
+    ensemble_spread_skill,
+    pooled_crps,
+)
 from geogen.losses.gan import grid_cell_regulariser, hinge_discriminator_loss, hinge_generator_loss
-from geogen.losses.spectral import log_spectral_distance, radial_power
+from geogen.losses.spectral import log_spectral_distance, log_spectral_loss, radial_power
 from geogen.losses.vae import (
     gaussian_kl,
     gaussian_nll,
@@ -18,6 +23,7 @@ from geogen.losses.wasserstein import (
 )
 
 __all__ = [
+    "almost_fair_crps",
     "ensemble_crps",
     "ensemble_spread_skill",
     "gaussian_kl",
@@ -29,6 +35,7 @@ __all__ = [
     "interpolate_samples",
     "kl_weight",
     "log_spectral_distance",
+    "log_spectral_loss",
     "masked_sum",
     "pooled_crps",
     "radial_power",

@@ -152,3 +152,31 @@ def ensemble_spread_skill(samples: torch.Tensor, target: torch.Tensor) -> dict[s
     spread = torch.sqrt(variance * (s + 1) / s)
     rmse = torch.sqrt(((mean - target) ** 2).mean())
     return {"spread": spread, "rmse": rmse, "spread_skill": spread / rmse.clamp_min(1e-12)}
+
+
+def almost_fair_crps(
+    samples: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.95
+) -> torch.Tensor:
+    """The almost fair CRPS (Lang et al. 2024, AIFS-CRPS): ``alpha`` fair + ``1 - alpha`` plain.
+
+    ``afCRPS = mean|X_i - y| - (1 - eps) / (2 S (S - 1)) sum_{i != j} |X_i - X_j|`` with
+    ``eps = (1 - alpha) / S``: the fair CRPS (``alpha = 1``) has a degenerate minimum when two
+    members agree; a little of the plain ensemble CRPS (``alpha < 1``) removes it.
+
+    Parameters
+    ----------
+    samples
+        ``(S, *shape)``, ``S >= 2``.
+    target
+        ``shape``.
+    alpha
+        Weight of the fair estimate, in ``[0, 1]``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar: the mean over every value of ``target``.
+    """
+    if samples.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples and alpha in [0, 1]; got {samples.shape[0]}")
+    return ensemble_crps(samples, target, alpha=alpha)

@@ -73,8 +73,43 @@ def log_spectral_distance(samples: torch.Tensor, target: torch.Tensor) -> torch.
             f"target of {tuple(target.shape)}"
         )
     members = radial_power(samples).mean(dim=0)
-    observed = radial_power(target)
-    log_ratio = torch.log10(members + POWER_FLOOR) - torch.log10(observed + POWER_FLOOR)
+    return _weighted_log_ratio(members, radial_power(target), POWER_FLOOR).mean()
+
+
+def log_spectral_loss(
+    samples: torch.Tensor, target: torch.Tensor, *, floor: float = 1e-8
+) -> torch.Tensor:
+    """:func:`log_spectral_distance` of flat fields, leaving out targets without variance.
+
+    Parameters
+    ----------
+    samples
+        ``(S, N, h, w)``.
+    target
+        ``(N, h, w)``; fields without variance (dry) are left out.
+    floor
+        Added to both powers before the logarithm.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar (0 when no target field varies).
+    """
+    if samples.dim() != 4 or samples.shape[1:] != target.shape:
+        raise ValueError(
+            f"samples must be (S, N, h, w) and target (N, h, w); got {tuple(samples.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    per_field = _weighted_log_ratio(radial_power(samples).mean(dim=0), radial_power(target), floor)
+    keep = (target.flatten(1).std(dim=1) > 0).to(per_field.dtype)
+    return (per_field * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+def _weighted_log_ratio(
+    forecast: torch.Tensor, observed: torch.Tensor, floor: float
+) -> torch.Tensor:
+    """``sum_k w_k (log10 forecast_k - log10 observed_k)^2`` with ``w_k ~ 1 / k``, per field."""
+    log_ratio = torch.log10(forecast + floor) - torch.log10(observed + floor)
     k = torch.arange(1, log_ratio.shape[-1] + 1, device=log_ratio.device, dtype=log_ratio.dtype)
     weight = (1.0 / k) / (1.0 / k).sum()
-    return (log_ratio.square() * weight).sum(dim=-1).mean()
+    return (log_ratio.square() * weight).sum(dim=-1)

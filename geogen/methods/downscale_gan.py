@@ -345,3 +345,160 @@ class DownscaleDeterministicMethod(DownscaleMethod):
         self.manual_backward(loss)
         opt.step()
         self.log("train/mse", loss.detach(), prog_bar=True, batch_size=lowres.shape[0])
+
+
+class DownscaleCRPSMethod(DownscaleMethod):
+    """Train a stochastic downscaler on a proper score of its samples, without a critic.
+
+    Per batch, ``members`` samples of the generator are scored against the truth (mm/h, the
+    data's ``transform`` must be ``identity``; values capped at ``cap`` so that clutter of a
+    few pixels does not drive the gradients) with the almost fair CRPS (``alpha``) of the
+    pixels and of ``k x k`` window means for ``k`` in ``pools``, plus ``spectral_weight``
+    times the squared log10 ratio of the member-mean power spectrum to the observed one
+    (:func:`geogen.losses.log_spectral_loss`). Validation logs the CRPS (``val/crps``, plain
+    ensemble CRPS of ``val_members`` seeded samples, mm/h) that chooses the weights.
+
+    Parameters
+    ----------
+    network
+        A :class:`~geogen.models.downscale_gan.DownscaleGAN` whose generator works in mm/h
+        (:class:`~geogen.models.downscale_residual.ResidualGenerator`); a discriminator, if
+        any, is not trained.
+    optimizer
+        One factory, or ``{"generator": factory, ...}``.
+    members, val_members
+        Samples per training / validation input (>= 2).
+    alpha
+        Weight of the fair CRPS in the almost fair CRPS.
+    pools
+        Window sides of the CRPS (1: pixels).
+    spectral_weight
+        Weight of the spectral term.
+    cap
+        mm/h above which samples and truth count as ``cap`` in the losses.
+    train_crop, train_frames, val_seed, network_config, compile, channels_last
+        See :class:`DownscaleMethod`.
+    """
+
+    model_name = "downscale_gan"
+
+    def __init__(
+        self,
+        network: DownscaleGAN,
+        optimizer: OptimizerFactory | Mapping[str, OptimizerFactory] | None = None,
+        network_config: Mapping[str, Any] | None = None,
+        members: int = 4,
+        val_members: int = 8,
+        alpha: float = 0.95,
+        pools: tuple[int, ...] = (1, 2, 4, 8),
+        spectral_weight: float = 0.1,
+        cap: float = 100.0,
+        train_crop: int | None = None,
+        train_frames: int | None = None,
+        val_seed: int = 0,
+        compile: bool = False,
+        channels_last: bool | str = "auto",
+    ) -> None:
+        super().__init__(
+            network,
+            optimizer,
+            network_config,
+            train_crop,
+            train_frames,
+            val_seed,
+            compile,
+            channels_last,
+        )
+        if members < 2 or val_members < 2:
+            raise ValueError(f"members ({members}) and val_members ({val_members}) must be >= 2")
+        pools = tuple(int(k) for k in pools)  # plain ints: checkpoints load weights_only
+        if spectral_weight < 0 or cap <= 0 or not pools or min(pools) < 1:
+            raise ValueError("need spectral_weight >= 0, cap > 0 and pool sizes >= 1")
+        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=["network", "optimizer"])
+
+    def check_data(self, data: Mapping[str, Any]) -> None:
+        """A downscale store (see :class:`DownscaleMethod`) read in mm/h (identity transform)."""
+        super().check_data(data)
+        name = (data.get("transform") or {}).get("name", "identity")
+        if name != "identity":
+            raise ValueError(
+                f"{type(self).__name__} scores rain in mm/h: set data.transform=identity "
+                f"(got {name!r})"
+            )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The generator's optimizer."""
+        factories = self.optimizer_factories
+        role = "generator" if isinstance(factories, Mapping) else None
+        return self.build_optimizer(role, self.network.generator.parameters())
+
+    def losses(
+        self, samples: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``crps``, ``spectral`` and ``loss`` of ``samples`` ``(S, B, T, H, W)``, mm/h."""
+        from geogen.losses import almost_fair_crps, log_spectral_loss
+
+        cap = float(self.hparams.cap)
+        samples = torch.minimum(samples, torch.full_like(samples, cap))
+        target = torch.where(mask, target.clamp(max=cap), torch.zeros_like(target))
+        samples = torch.where(mask.unsqueeze(0), samples, torch.zeros_like(samples))
+        terms = []
+        for k in self.hparams.pools:
+            k = int(k)
+            if k == 1:
+                terms.append(almost_fair_crps(samples, target, alpha=self.hparams.alpha))
+                continue
+            pooled = torch.nn.functional.avg_pool2d(samples.flatten(0, 2), k)
+            pooled = pooled.unflatten(0, samples.shape[:3])
+            truth = torch.nn.functional.avg_pool2d(target.flatten(0, 1), k)
+            terms.append(
+                almost_fair_crps(
+                    pooled, truth.unflatten(0, target.shape[:2]), alpha=self.hparams.alpha
+                )
+            )
+        crps = torch.stack(terms).mean()
+        spectral = log_spectral_loss(samples.flatten(1, 2), target.flatten(0, 1))
+        return {
+            "crps": crps,
+            "spectral": spectral,
+            "loss": crps + self.hparams.spectral_weight * spectral,
+        }
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One step on the almost fair CRPS (+ spectral term) of ``members`` samples."""
+        opt = self.optimizers()
+        lowres, target, mask = self._inputs(batch, crop=True)
+        samples = torch.stack([self.generate(lowres) for _ in range(self.hparams.members)])
+        terms = self.losses(samples.float(), target.float(), mask)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss"])
+        opt.step()
+        self.log_dict(
+            {f"train/{key}": value.detach() for key, value in terms.items()},
+            batch_size=lowres.shape[0],
+            prog_bar=True,
+        )
+        return terms["loss"].detach()
+
+    def _evaluate(self, batch: Mapping[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        """CRPS (mm/h) of ``val_members`` seeded samples, and the MSE of their mean."""
+        from geogen.losses import ensemble_crps
+
+        lowres, target, mask = self._inputs(batch)
+        generator = self.eval_generator(batch_idx)
+        with torch.no_grad():
+            samples = torch.stack(
+                [
+                    self.generate(lowres, generator=generator)
+                    for _ in range(self.hparams.val_members)
+                ]
+            ).float()
+            terms = self.losses(samples, target.float(), mask)
+            metrics = {
+                f"{stage}/crps": ensemble_crps(samples, target.float(), fair=False, mask=mask),
+                f"{stage}/loss": terms["loss"],
+                f"{stage}/spectral": terms["spectral"],
+                f"{stage}/mse": masked_mse(samples.mean(0), target.float(), mask),
+            }
+        self.log_dict(metrics, batch_size=lowres.shape[0], sync_dist=True, prog_bar=True)
