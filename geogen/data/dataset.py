@@ -320,7 +320,7 @@ class CropDataset(Dataset):
         if first.task == "downscale" and not first.factor:
             raise StoreError(f"{first.path}: downscale store without a factor")
 
-        store_ids, indices, sample_prob, t0, sources, steps = [], [], [], [], [], []
+        store_ids, indices, sample_prob, t0, sources, step_minutes = [], [], [], [], [], []
         for number, group in enumerate(groups):
             selected = split_indices(group, split).astype(np.int64)
             store_ids.append(np.full(selected.size, number, dtype=np.int64))
@@ -329,13 +329,13 @@ class CropDataset(Dataset):
             times = np.asarray(group["t0"][:]).astype("datetime64[s]").astype(np.int64)
             t0.append(times[selected])
             sources.append(np.asarray(group["source"][:].tolist(), dtype=object)[selected])
-            steps.append(np.full(selected.size, infos[number].timestep_minutes, np.float32))
+            step_minutes.append(np.full(selected.size, infos[number].timestep_minutes, np.float32))
         self._store_ids = np.concatenate(store_ids)
         self._indices = np.concatenate(indices)
         self._sample_prob = np.concatenate(sample_prob)
         self._t0 = np.concatenate(t0)
         self._sources = np.concatenate(sources)
-        self._step_minutes = np.concatenate(steps)
+        self._step_minutes = np.concatenate(step_minutes)
         offsets = {tuple(np.asarray(group["time"][:], dtype=np.int64)) for group in groups}
         self._time_offsets = (
             np.asarray(next(iter(offsets)), dtype=np.int64) if len(offsets) == 1 else None
@@ -468,9 +468,9 @@ class CropDataset(Dataset):
             If the stores mix time steps (downscale stores may): see :attr:`step_minutes`.
         """
         if self._time_offsets is None:
-            steps = ", ".join(f"{info.path}: {info.timestep_minutes:g}" for info in self.infos)
+            listed = ", ".join(f"{info.path}: {info.timestep_minutes:g}" for info in self.infos)
             raise StoreError(
-                f"the stores mix time steps ({steps} min): each sample has its own "
+                f"the stores mix time steps ({listed} min): each sample has its own "
                 "(step_minutes); there is no common time axis"
             )
         return self._time_offsets.copy()
