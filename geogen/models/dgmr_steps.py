@@ -65,6 +65,11 @@ class StepsGenerator(nn.Module):
         ``c``: channels of the full-resolution branch (``2c`` at 1/4 and 1/16).
     output_activation
         ``"relu"`` (non-negative output in model space) or ``"none"``.
+    member_input
+        Whether the residual reads the STEPS member (default). ``False``: ``r_t`` depends on
+        the context and the advection only, so every member gets the same correction (in
+        ``log1p`` space: the same multiplicative change of rain rate, growth and decay),
+        and the members' spread and structure stay exactly STEPS'.
     fine_kernel
         Kernel of the full-resolution branch: 3 (3 x 3 convolutions) or 1 (a per-pixel
         network: the residual then has no structure of its own finer than the 1/4 branch,
@@ -83,6 +88,7 @@ class StepsGenerator(nn.Module):
         base_channels: int = 16,
         output_activation: str = "relu",
         fine_kernel: int = 3,
+        member_input: bool = True,
     ) -> None:
         super().__init__()
         if fine_kernel not in (1, 3):
@@ -96,6 +102,7 @@ class StepsGenerator(nn.Module):
         self.context_frames = int(context_frames)
         self.lead_frames = int(lead_frames)
         self.output_activation = output_activation
+        self.member_input = bool(member_input)
         c = int(base_channels)
         n_in = 5
         if fine_kernel == 3:
@@ -180,6 +187,7 @@ class StepsGenerator(nn.Module):
                     f"{tuple(value.shape)}"
                 )
         steps = steps.to(context.dtype)
+        advected = advected.to(context.dtype)
         last = context[:, -1:].expand(b, leads, h, w)
         trend = (context[:, -1:] - context[:, -2:-1]).expand(b, leads, h, w)
         if lead_index is None:
@@ -188,7 +196,8 @@ class StepsGenerator(nn.Module):
             raise ValueError(f"lead_index must be ({leads},), got {tuple(lead_index.shape)}")
         lead = (lead_index.to(context.device, context.dtype) + 1) / self.lead_frames
         lead = lead.view(1, leads, 1, 1).expand(b, leads, h, w)
-        inputs = torch.stack([steps, advected.to(context.dtype), last, trend, lead], dim=2)
+        member = steps if self.member_input else advected  # without it: the same for all
+        inputs = torch.stack([member, advected, last, trend, lead], dim=2)
         residual = self.residual(inputs.flatten(0, 1)).unflatten(0, (b, leads))
         out = steps + GAIN_RATE * self.residual_gain * residual
         return F.relu(out) if self.output_activation == "relu" else out

@@ -85,6 +85,24 @@ def test_an_untrained_generator_is_its_steps_member():
     assert not torch.allclose(changed, other)
 
 
+def test_without_member_input_every_member_gets_the_same_correction():
+    torch.manual_seed(1)
+    net = StepsGenerator(context_frames=4, lead_frames=LEAD, base_channels=2, member_input=False)
+    with torch.no_grad():
+        net.residual_gain.fill_(1.0 / GAIN_RATE)
+    context = torch.rand(1, 4, 32, 32).expand(3, -1, -1, -1)
+    advected = torch.rand(1, LEAD, 32, 32).expand(3, -1, -1, -1)
+    steps = torch.rand(3, LEAD, 32, 32) + 5.0  # positive: the ReLU clips nothing
+    correction = net(context, steps=steps, advected=advected) - steps
+    assert correction.abs().max() > 1e-4
+    torch.testing.assert_close(correction[1], correction[0])
+    torch.testing.assert_close(correction[2], correction[0])
+    reading = StepsGenerator(context_frames=4, lead_frames=LEAD, base_channels=2)
+    reading.load_state_dict(net.state_dict())
+    own = reading(context, steps=steps, advected=advected) - steps
+    assert (own[1] - own[0]).abs().max() > 1e-6  # with the member as input, corrections differ
+
+
 def test_leads_are_forecast_independently_so_training_can_draw_a_few():
     torch.manual_seed(0)
     net = StepsGenerator(context_frames=4, lead_frames=LEAD, base_channels=2)
