@@ -1,7 +1,7 @@
 """The shipped dgmr_advect checkpoint on the held-back MeteoSwiss event (../shared/data).
 
 Its index, card and a forecast on a synthetic context need no data:
-tests/unit/test_shipped_checkpoint.py.
+tests/unit/test_shipped_index.py.
 """
 
 import json
