@@ -7,21 +7,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "geogen"
 
-#: Edges left out of the check, each with the reason. They belong to the registries part of
-#: issue 19 section 2, done on another branch (registries for sources, metrics, transforms);
-#: TODO(that branch): when sources and metrics register themselves (the registry imports no
-#: implementation), remove these exclusions.
-EXCLUDED: set[tuple[str, str]] = {
-    # the source registry imports its sources to register them; they import it
-    ("geogen.io.sources", "geogen.io.gridded"),
-    ("geogen.io.sources", "geogen.io.radar"),
-    ("geogen.io.sources", "geogen.io.synthetic"),
-    # config finds pysteps' data through io.radar.import_pysteps; io.sources reads config
-    ("geogen.config", "geogen.io.radar"),
-}
-#: verification/interface.py imports the metric modules to register them, and they import it.
-EXCLUDED_PREFIX = ("geogen.verification.interface", "geogen.verification.")
-
 
 def module_names() -> dict[str, Path]:
     """``{dotted name: file}`` of every module of geogen (packages as their ``__init__``)."""
@@ -115,18 +100,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def without_excluded(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    source, prefix = EXCLUDED_PREFIX
-    return {
-        name: {
-            t
-            for t in targets
-            if (name, t) not in EXCLUDED and not (name == source and t.startswith(prefix))
-        }
-        for name, targets in graph.items()
-    }
-
-
 def test_the_finder_sees_function_level_and_relative_imports(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
@@ -145,7 +118,7 @@ def test_the_finder_sees_function_level_and_relative_imports(tmp_path):
 def test_geogen_has_no_import_cycle():
     graph = import_graph()
     assert len(graph) > 50 and "geogen.forecasting.learned" in graph
-    found = cycles(without_excluded(graph))
+    found = cycles(graph)  # module- and function-level imports, no edge left out
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
