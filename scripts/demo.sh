@@ -112,12 +112,15 @@ geogen-train experiment=downscale_residual_tiny data.path="$OUT/mch_downscale.za
     trainer.max_time="${GEOGEN_DEMO_DS_TRAIN_TIME:-00:00:02:00}" trainer.max_epochs=1000 \
     callbacks.progress_bar.refresh_rate=5 hydra.run.dir="$GAN_DIR"
 geogen-downscale model=downscale_gan ckpt="$GAN_DIR/checkpoints/last.ckpt" members=20 \
-    "${DS_CASE[@]}" out="$DOWNSCALED/downscale_gan.nc" hydra.run.dir="$OUT/logs/downscale-gan"
+    "${DS_CASE[@]}" out="$DOWNSCALED/downscale_gan_fresh.nc" hydra.run.dir="$OUT/logs/downscale-gan"
 
-# 8. References for the held-back case: the 8 frames ending 2016-07-11 22:00 of the same
+# 8. The shipped downscaler (checkpoints/, trained on every radar source, SHA-256 checked) and
+#    the references for the held-back case: the 8 frames ending 2016-07-11 22:00 of the same
 #    256 x 256 window, coarsened by 16 x 16 block means (16 x 16 pixels of 16 km), downscaled
 #    back to 1 km by interpolation and by a 20-member RainFARM ensemble.
-stage 8 "downscale the held-back case (geogen-downscale interp, rainfarm) -> $DOWNSCALED"
+stage 8 "downscale the held-back case (shipped downscale_gan, interp, rainfarm) -> $DOWNSCALED"
+geogen-downscale model=downscale_gan members=20 "${DS_CASE[@]}" \
+    out="$DOWNSCALED/downscale_gan.nc" hydra.run.dir="$OUT/logs/downscale-gan-shipped"
 geogen-downscale model=interp members=1 "${DS_CASE[@]}" out="$DOWNSCALED/interp.nc" \
     hydra.run.dir="$OUT/logs/downscale-interp"
 geogen-downscale model=rainfarm members=20 seed=7 "${DS_CASE[@]}" out="$DOWNSCALED/rainfarm.nc" \
