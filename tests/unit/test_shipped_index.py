@@ -1,4 +1,4 @@
-"""The shipped checkpoints: index and card, and forecasts of a synthetic context (no data needed)."""
+"""The shipped checkpoints: index and card, forecasts of a synthetic context (no data needed)."""
 
 import hashlib
 import json
