@@ -18,7 +18,7 @@ from geogen.config import load_source_config
 from geogen.io import open_source
 
 pytestmark = [pytest.mark.integration, requires_shared_data]
-pygrib = pytest.importorskip("pygrib")
+import pygrib  # noqa: E402, F401  (a dependency of geogen: its absence must fail, not skip)
 
 with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints where its config file is
     import pysteps.io
@@ -27,8 +27,8 @@ with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints where its conf
 @pytest.fixture(scope="module")
 def mrms():
     root = SHARED_DATA / "mrms"
-    if not root.is_dir():
-        pytest.skip(f"no MRMS files under {root}")
+    # the data folder itself is checked by requires_shared_data; with it, MRMS must be there
+    assert root.is_dir(), f"no MRMS files under {root} (../shared/data/README.md lists them)"
     return open_source("mrms", "2019-06-10T00:00", "2019-06-10T00:04", root=str(root))
 
 
