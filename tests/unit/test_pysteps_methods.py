@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pysteps  # noqa: F401  (a dependency: its absence must fail)
 import pytest
 import xarray as xr
 
 import geogen
 from geogen.forecasting import ForecastError, available_forecasters, get_forecaster
-
-pytest.importorskip("pysteps")
 
 
 def moving_blobs(n_frames=4, shape=(64, 64), shift=2, seed=0):
