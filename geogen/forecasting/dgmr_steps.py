@@ -121,13 +121,26 @@ class StepsNowcaster(NowcastModel):
     def conditions(
         self, context: np.ndarray, leads: int, timestep_minutes: float
     ) -> dict[str, np.ndarray]:
-        """``advected``: pysteps' extrapolation of the context over the leads, mm/h."""
+        """``advected``: pysteps' extrapolation of the context over the leads, mm/h.
+
+        With a generator that calibrates the spread (``spread="scales"``), also
+        ``steps_mean``: the mean rain rate of the whole STEPS ensemble.
+        """
         from geogen.data.advection import advect
 
         advected = advect(
             context, leads, timestep_minutes=timestep_minutes, settings=self.advection
         )
-        return {"advected": advected}
+        out = {"advected": advected}
+        if self._calibrates:
+            if self._members is None or self._members.shape[1] != leads:
+                raise ForecastError("the STEPS ensemble is made by predict; call predict")
+            out["steps_mean"] = self._members.mean(axis=0)
+        return out
+
+    @property
+    def _calibrates(self) -> bool:
+        return getattr(self.network, "spread", None) is not None
 
     def member_conditions(
         self,
@@ -171,7 +184,15 @@ class StepsNowcaster(NowcastModel):
         n = len(members)
         steps = conditions["steps"].to(inputs.dtype)
         advected = conditions["advected"].to(inputs.dtype).expand(n, -1, -1, -1)
-        return self.network(inputs.expand(n, -1, -1, -1), leads, steps=steps, advected=advected)
+        ensemble = {}
+        if self._calibrates:
+            ensemble = {
+                "steps_mean": conditions["steps_mean"].to(inputs.dtype).expand(n, -1, -1, -1),
+                "ensemble_size": int(self._members.shape[0]),
+            }
+        return self.network(
+            inputs.expand(n, -1, -1, -1), leads, steps=steps, advected=advected, **ensemble
+        )
 
 
 @register_forecaster("dgmr_steps")
