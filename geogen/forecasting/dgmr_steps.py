@@ -121,26 +121,13 @@ class StepsNowcaster(NowcastModel):
     def conditions(
         self, context: np.ndarray, leads: int, timestep_minutes: float
     ) -> dict[str, np.ndarray]:
-        """``advected``: pysteps' extrapolation of the context over the leads, mm/h.
-
-        With a generator that calibrates the spread (``spread="scales"``), also
-        ``steps_mean``: the mean rain rate of the whole STEPS ensemble.
-        """
+        """``advected``: pysteps' extrapolation of the context over the leads, mm/h."""
         from geogen.data.advection import advect
 
         advected = advect(
             context, leads, timestep_minutes=timestep_minutes, settings=self.advection
         )
-        out = {"advected": advected}
-        if self._calibrates:
-            if self._members is None or self._members.shape[1] != leads:
-                raise ForecastError("the STEPS ensemble is made by predict; call predict")
-            out["steps_mean"] = self._members.mean(axis=0)
-        return out
-
-    @property
-    def _calibrates(self) -> bool:
-        return getattr(self.network, "spread", None) is not None
+        return {"advected": advected}
 
     def member_conditions(
         self,
@@ -184,15 +171,7 @@ class StepsNowcaster(NowcastModel):
         n = len(members)
         steps = conditions["steps"].to(inputs.dtype)
         advected = conditions["advected"].to(inputs.dtype).expand(n, -1, -1, -1)
-        ensemble = {}
-        if self._calibrates:
-            ensemble = {
-                "steps_mean": conditions["steps_mean"].to(inputs.dtype).expand(n, -1, -1, -1),
-                "ensemble_size": int(self._members.shape[0]),
-            }
-        return self.network(
-            inputs.expand(n, -1, -1, -1), leads, steps=steps, advected=advected, **ensemble
-        )
+        return self.network(inputs.expand(n, -1, -1, -1), leads, steps=steps, advected=advected)
 
 
 @register_forecaster("dgmr_steps")

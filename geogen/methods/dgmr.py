@@ -580,21 +580,8 @@ class DGMRStepsMethod(DGMRAdvectMethod):
             generator=generator,
             steps=steps[:, member],
             lead_index=self._lead_index,
-            **self._ensemble(steps),
             **conditions,
         )
-
-    def _ensemble(self, steps: torch.Tensor) -> dict[str, Any]:
-        """``steps_mean`` and ``ensemble_size`` of ``(B, K, lead, y, x)`` model-space members.
-
-        Only for generators that calibrate the members' spread about their mean
-        (``StepsGenerator(spread="scales")``); the mean is the mean rain rate, transformed.
-        """
-        if getattr(self.network.generator, "spread", None) is None:
-            return {}
-        rain = self.transform.inverse(steps.float()).mean(dim=1)
-        mean = self.transform.forward(rain).to(steps.dtype)
-        return {"steps_mean": mean, "ensemble_size": int(steps.shape[1])}
 
     @torch.no_grad()
     def sample(
@@ -620,9 +607,8 @@ class DGMRStepsMethod(DGMRAdvectMethod):
         steps = conditions.pop("steps")
         if steps.shape[1] < members:
             raise ValueError(f"{members} members asked for, {steps.shape[1]} STEPS members given")
-        ensemble = self._ensemble(steps)
         out = [
-            self.network.generator(context, leads, steps=steps[:, m], **ensemble, **conditions)
+            self.network.generator(context, leads, steps=steps[:, m], **conditions)
             for m in range(members)
         ]
         return torch.stack(out, dim=1)

@@ -33,25 +33,6 @@ branch (two 3x3 convolutions, ``c`` channels), a 1/4-resolution branch (average 
 3x3 convolutions, ``2c``), and a 1/16 branch (two more), merged coarse to fine by bilinear
 upsampling of *features* (smooth, no checkerboard) and a 1x1 head to ``r_t``. About 40 k
 parameters at ``c = 16``.
-
-**Spread calibration** (``spread="scales"``, the shipped design). STEPS ensembles are too
-narrow on every event of our archive (spread / RMSE of the ensemble mean 0.65-0.82 at +30 to
-+90 min on the MeteoSwiss, FMI and RMI events), so before the residual each STEPS member
-``s_m`` is moved away from the ensemble mean ``mu`` (rain rate, mm/h) by a learned gain
-``a(t)`` (:class:`ScaleSpread`):
-
-``s'_m = relu(mu + a(t) * (s_m - mu))``
-
-and, with ``spread_match``, given back its STEPS member's rain-rate distribution (its values
-re-ordered by ``s'_m``: probability matching, as STEPS matches its members to the observed
-distribution), so the members move apart as a wider ensemble while their intensities, wet
-area and power spectrum stay STEPS'. ``spread_sigma > 0`` splits the deviation ``s_m - mu``
-by a Gaussian low-pass into large and small scales with a gain each. The gains are ``exp`` of
-parameters that start at 0 (untrained: STEPS), piecewise linear in lead time between
-``spread_knots`` knots, and corrected for the ensemble size ``M``
-(``a^2 = (k^2 - 1/M) / (1 - 1/M)`` keeps the ensemble's variance ``k^2`` times STEPS'
-whatever ``M``: the 4 members of training and the 20 of a forecast get the same
-calibration). A handful of numbers learn what the CRPS asks, with nothing event-specific.
 """
 
 from __future__ import annotations
@@ -63,132 +44,12 @@ from torch import nn
 #: Learning-rate multiplier of the residual gain (see AdvectionGenerator's GAIN_RATE).
 GAIN_RATE = 20.0
 
-#: Learning-rate multiplier of the spread gains (stored divided by it, as GAIN_RATE).
-SPREAD_RATE = 10.0
-
 #: Height and width must be multiples of this (two 4x poolings).
 SIZE_MULTIPLE = 16
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1, padding_mode="replicate")
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian of standard deviation ``sigma`` (pixels), radius ``3 sigma``."""
-    radius = max(1, round(3.0 * float(sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / float(sigma)) ** 2)
-    return kernel / kernel.sum()
-
-
-def gaussian_lowpass(fields: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``(..., y, x)`` fields (edges replicated)."""
-    shape = fields.shape
-    x = fields.reshape(-1, 1, *shape[-2:])
-    radius = kernel.numel() // 2
-    k = kernel.to(x.device, x.dtype)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    return x.reshape(shape)
-
-
-class ScaleSpread(nn.Module):
-    """Learned, scale-wise spread of ensemble members about their mean (module docstring).
-
-    Parameters
-    ----------
-    lead_frames
-        Lead times of training; the gains are piecewise linear in lead time between
-        ``knots`` evenly spaced knots over them (held constant beyond the last).
-    sigma
-        Standard deviation (pixels) of the Gaussian low-pass that splits the scales; 0: one
-        gain for all scales (``s' = mu + a * d``: a member stays dry where it and the mean
-        are dry, and no halo of light rain grows around its cells, which the split can give
-        when the large-scale gain exceeds the small-scale one).
-    knots
-        Knots of the gains over lead time (two parameters each: large and small scales).
-    match
-        Probability matching: give each recalibrated member the rain-rate distribution of
-        its STEPS member (its values, re-ordered by the recalibrated field), as STEPS itself
-        matches its members to the observed distribution. The members move as a
-        recalibrated ensemble, but their intensities and wet area stay STEPS' (and so,
-        mostly, their power spectrum). Matching is done in evaluation (``eval()``: validation
-        and forecasts) only: a re-ordering has no useful gradient (the matched field does not
-        change as the gains grow past the point where the deviations alone set the order,
-        and a straight-through gradient drives them there), so the gains are fitted on the
-        CRPS of the unmatched members, which has a finite optimum.
-    """
-
-    def __init__(
-        self, lead_frames: int, sigma: float = 8.0, knots: int = 4, match: bool = False
-    ) -> None:
-        super().__init__()
-        if not sigma >= 0:
-            raise ValueError(f"spread_sigma must be >= 0, got {sigma}")
-        if int(knots) < 1:
-            raise ValueError(f"spread_knots must be >= 1, got {knots}")
-        self.sigma = float(sigma)
-        self.match = bool(match)
-        self.scales = 2 if sigma > 0 else 1
-        if sigma > 0:
-            self.register_buffer("kernel", gaussian_kernel(sigma), persistent=False)
-        positions = torch.linspace(0.0, max(int(lead_frames) - 1, 0), int(knots))
-        self.register_buffer("knots", positions, persistent=False)
-        # log of the gains k (large, small; or one) at the knots, / SPREAD_RATE; 0: STEPS'
-        self.log_gain = nn.Parameter(torch.zeros(self.scales, int(knots)))
-
-    def log_gains(self, lead_index: torch.Tensor) -> torch.Tensor:
-        """``(scales, lead)`` log gains at 0-based lead numbers, interpolated between knots."""
-        knots = self.knots.to(self.log_gain.device)
-        t = lead_index.to(knots.device, knots.dtype).clamp(knots[0], knots[-1])
-        if knots.numel() == 1:
-            return self.log_gain.expand(self.scales, t.numel())
-        right = torch.searchsorted(knots, t, right=True).clamp(1, knots.numel() - 1)
-        left = right - 1
-        w = (t - knots[left]) / (knots[right] - knots[left])
-        return self.log_gain[:, left] * (1 - w) + self.log_gain[:, right] * w
-
-    def gains(self, lead_index: torch.Tensor, ensemble_size: int) -> torch.Tensor:
-        """``(scales, lead)``: the factors ``a`` for an ensemble of ``ensemble_size`` members.
-
-        ``k = exp(SPREAD_RATE * log_gain)`` is the factor of the ensemble's standard
-        deviation about the true mean; the members' deviations from their own mean are
-        scaled by ``a = sqrt((k^2 - 1/M) / (1 - 1/M))`` (``k`` for one member, which has no
-        deviation), so that 4 members in training and 20 in a forecast are calibrated alike.
-        """
-        k2 = torch.exp(2.0 * SPREAD_RATE * self.log_gains(lead_index))
-        m = int(ensemble_size)
-        if m <= 1:
-            return k2.sqrt()
-        return ((k2 - 1.0 / m) / (1.0 - 1.0 / m)).clamp_min(0.0).sqrt()
-
-    def forward(
-        self,
-        member: torch.Tensor,
-        mean: torch.Tensor,
-        lead_index: torch.Tensor,
-        ensemble_size: int,
-    ) -> torch.Tensor:
-        """``(batch, lead, y, x)`` rain rates of the members, recalibrated about ``mean``."""
-        a = self.gains(lead_index, ensemble_size).to(member.dtype)
-        deviation = member - mean
-        if self.scales == 1:
-            raw = mean + a[0].view(1, -1, 1, 1) * deviation
-        else:
-            large = gaussian_lowpass(deviation, self.kernel)
-            a_large = a[0].view(1, -1, 1, 1)
-            a_small = a[1].view(1, -1, 1, 1)
-            raw = mean + a_large * large + a_small * (deviation - large)
-        out = F.relu(raw)
-        if not self.match or self.training:
-            return out
-        # rank by the unclipped field; pixels dry in the member and the mean stay dry first
-        dry = (member <= 0) & (mean <= 0)
-        key = torch.where(dry, torch.full_like(raw, -torch.inf), raw).flatten(-2)
-        reference = member.flatten(-2).sort(dim=-1).values
-        matched = torch.empty_like(reference).scatter_(-1, key.argsort(dim=-1), reference)
-        return matched.view_as(out)
 
 
 class StepsGenerator(nn.Module):
@@ -213,26 +74,6 @@ class StepsGenerator(nn.Module):
         Kernel of the full-resolution branch: 3 (3 x 3 convolutions) or 1 (a per-pixel
         network: the residual then has no structure of its own finer than the 1/4 branch,
         so the members keep the small scales of their STEPS member; about 5x cheaper).
-    spread
-        ``"none"`` (default) or ``"scales"``: recalibrate each STEPS member's deviation from
-        the ensemble mean with two learned gains per lead (:class:`ScaleSpread`); forward
-        then needs ``steps_mean`` and ``ensemble_size``.
-    spread_sigma
-        Low-pass of the spread calibration (pixels): scales above it get one gain, below it
-        the other; 0: one gain for all scales.
-    spread_knots
-        Knots of the spread gains over lead time (piecewise linear between them).
-    spread_match
-        Give each recalibrated member its STEPS member's rain-rate distribution
-        (probability matching, :class:`ScaleSpread`).
-    transform
-        Name of the model-space transform (the data's ``transform``, e.g. ``"log1p"``): the
-        spread is calibrated in rain rate. Needed with ``spread="scales"``.
-    transform_params
-        Parameters of ``transform``.
-    residual
-        Whether the learned residual ``g * r`` is used (``False``: the spread calibration
-        alone; the convolutional network is not built).
     """
 
     #: Extra inputs of :meth:`forward` that the data module must provide.
@@ -248,19 +89,8 @@ class StepsGenerator(nn.Module):
         output_activation: str = "relu",
         fine_kernel: int = 3,
         member_input: bool = True,
-        spread: str = "none",
-        spread_sigma: float = 8.0,
-        spread_knots: int = 4,
-        spread_match: bool = False,
-        transform: str | None = None,
-        transform_params: dict | None = None,
-        residual: bool = True,
     ) -> None:
         super().__init__()
-        if spread not in ("none", "scales"):
-            raise ValueError(f"spread must be 'none' or 'scales', got {spread!r}")
-        if not residual and spread == "none":
-            raise ValueError("StepsGenerator without residual needs spread='scales'")
         if fine_kernel not in (1, 3):
             raise ValueError(f"fine_kernel must be 1 or 3, got {fine_kernel}")
         if context_frames < 2:
@@ -273,22 +103,6 @@ class StepsGenerator(nn.Module):
         self.lead_frames = int(lead_frames)
         self.output_activation = output_activation
         self.member_input = bool(member_input)
-        self.spread: ScaleSpread | None = None
-        self.transform = None
-        if spread == "scales":
-            from geogen.data.transforms import get_transform
-
-            if not transform:
-                raise ValueError(
-                    "spread='scales' calibrates rain rates: give the model-space transform "
-                    "(transform=, the data's transform, e.g. 'log1p')"
-                )
-            self.transform = get_transform(str(transform), **dict(transform_params or {}))
-            self.spread = ScaleSpread(lead_frames, spread_sigma, spread_knots, spread_match)
-        self.has_residual = bool(residual)
-        if not self.has_residual:
-            self.register_parameter("residual_gain", None)
-            return
         c = int(base_channels)
         n_in = 5
         if fine_kernel == 3:
@@ -324,8 +138,6 @@ class StepsGenerator(nn.Module):
         advected: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         lead_index: torch.Tensor | None = None,
-        steps_mean: torch.Tensor | None = None,
-        ensemble_size: int | None = None,
     ) -> torch.Tensor:
         """Forecast one member per example from its STEPS member.
 
@@ -348,11 +160,6 @@ class StepsGenerator(nn.Module):
             ``(lead,)`` 0-based lead numbers of the frames given (default ``0 .. lead - 1``).
             Leads are forecast independently (the network is shared over leads and has no
             recurrence), so training can draw a few leads per step.
-        steps_mean
-            ``(batch, lead, y, x)``: the model-space transform of the STEPS ensemble's mean
-            rain rate (needed with ``spread="scales"``).
-        ensemble_size
-            Members of that ensemble (needed with ``spread="scales"``).
 
         Returns
         -------
@@ -381,16 +188,12 @@ class StepsGenerator(nn.Module):
                 )
         steps = steps.to(context.dtype)
         advected = advected.to(context.dtype)
+        last = context[:, -1:].expand(b, leads, h, w)
+        trend = (context[:, -1:] - context[:, -2:-1]).expand(b, leads, h, w)
         if lead_index is None:
             lead_index = torch.arange(leads, device=context.device)
         elif tuple(lead_index.shape) != (leads,):
             raise ValueError(f"lead_index must be ({leads},), got {tuple(lead_index.shape)}")
-        if self.spread is not None:
-            steps = self.calibrate(steps, steps_mean, ensemble_size, lead_index)
-        if not self.has_residual:
-            return steps
-        last = context[:, -1:].expand(b, leads, h, w)
-        trend = (context[:, -1:] - context[:, -2:-1]).expand(b, leads, h, w)
         lead = (lead_index.to(context.device, context.dtype) + 1) / self.lead_frames
         lead = lead.view(1, leads, 1, 1).expand(b, leads, h, w)
         member = steps if self.member_input else advected  # without it: the same for all
@@ -398,28 +201,3 @@ class StepsGenerator(nn.Module):
         residual = self.residual(inputs.flatten(0, 1)).unflatten(0, (b, leads))
         out = steps + GAIN_RATE * self.residual_gain * residual
         return F.relu(out) if self.output_activation == "relu" else out
-
-    def calibrate(
-        self,
-        steps: torch.Tensor,
-        steps_mean: torch.Tensor | None,
-        ensemble_size: int | None,
-        lead_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """Model-space members with the learned spread about ``steps_mean`` (float32 inside)."""
-        if self.spread is None or self.transform is None:
-            return steps
-        if steps_mean is None or ensemble_size is None:
-            raise ValueError(
-                "StepsGenerator(spread='scales') needs the STEPS ensemble's mean (steps_mean=, "
-                "batch, lead, y, x, model space) and its size (ensemble_size=)"
-            )
-        if tuple(steps_mean.shape) != tuple(steps.shape):
-            raise ValueError(
-                f"steps_mean must be {tuple(steps.shape)}, got {tuple(steps_mean.shape)}"
-            )
-        dtype = steps.dtype
-        member = self.transform.inverse(steps.float())
-        mean = self.transform.inverse(steps_mean.to(steps.device).float())
-        out = self.spread(member, mean, lead_index, int(ensemble_size))
-        return self.transform.forward(out).to(dtype)

@@ -254,8 +254,6 @@ def test_dataset_gives_steps_members_moved_with_the_augmentation(stores):
 # -- training and forecasting -----------------------------------------------------------------
 TINY = (
     "experiment=dgmr_steps_tiny",
-    "network.generator.spread=none",
-    "network.generator.residual=true",
     "network.generator.base_channels=2",
     f"network.generator.lead_frames={LEAD}",
     "network.discriminator.base_channels=2",
@@ -355,83 +353,3 @@ def test_a_new_network_forecasts_steps(trained, context, tmp_path):
     valid = np.isfinite(steps) & np.isfinite(fc)
     assert valid.mean() > 0.5
     np.testing.assert_allclose(fc[valid], steps[valid], rtol=1e-4, atol=1e-4)
-
-
-# -- the spread calibration -------------------------------------------------------------------
-SPREAD = (
-    "network.generator.spread=scales",
-    "network.generator.residual=false",
-    "network.generator.spread_match=true",
-    "network.generator.spread_knots=2",
-)
-
-
-@pytest.fixture(scope="module")
-def trained_spread(stores, tmp_path_factory):
-    out = tmp_path_factory.mktemp("spread_train")
-    return run_train(tiny_config(stores, out, "trainer.max_epochs=2", *SPREAD))
-
-
-def test_spread_training_learns_gains_and_forecasts_from_the_whole_ensemble(
-    trained_spread, context
-):
-    state = torch.load(trained_spread.last_checkpoint, weights_only=True)["state_dict"]
-    assert float(state["network.generator.spread.log_gain"].abs().max()) > 0  # it learned
-    generator = [key for key in state if key.startswith("network.generator.")]
-    assert generator == ["network.generator.spread.log_gain"]  # no residual network
-    one = geogen.forecast(
-        get_forecaster("dgmr_steps", ckpt=trained_spread.last_checkpoint, batch_members=1),
-        context,
-        members=3,
-        leads=LEAD,
-        seed=5,
-    ).values
-    three = geogen.forecast(
-        get_forecaster("dgmr_steps", ckpt=trained_spread.last_checkpoint, batch_members=3),
-        context,
-        members=3,
-        leads=LEAD,
-        seed=5,
-    ).values
-    # each member is calibrated about the mean of the whole ensemble, not of its batch
-    np.testing.assert_allclose(one, three, rtol=1e-4, atol=1e-4)
-    valid = np.isfinite(one)
-    assert (one[valid] >= 0).all()
-    with torch.no_grad():
-        state["network.generator.spread.log_gain"].zero_()
-    steps = geogen.forecast(
-        get_forecaster("pysteps_steps", **_settings(trained_spread)),
-        context,
-        members=3,
-        leads=LEAD,
-        seed=5,
-    ).values
-    assert np.abs(np.nan_to_num(one - steps)).max() > 1e-3  # calibrated: not STEPS
-
-
-def test_an_untrained_spread_calibration_forecasts_steps(trained_spread, context, tmp_path):
-    state = torch.load(trained_spread.last_checkpoint, weights_only=True)
-    state["state_dict"]["network.generator.spread.log_gain"].zero_()
-    torch.save(state, tmp_path / "zero_spread.ckpt")
-    fc = geogen.forecast(
-        get_forecaster("dgmr_steps", ckpt=tmp_path / "zero_spread.ckpt"),
-        context,
-        members=3,
-        leads=3,
-        seed=2,
-    ).values
-    steps = geogen.forecast(
-        get_forecaster("pysteps_steps", **_settings(trained_spread)),
-        context,
-        members=3,
-        leads=3,
-        seed=2,
-    ).values
-    valid = np.isfinite(steps) & np.isfinite(fc)
-    assert valid.mean() > 0.5
-    np.testing.assert_allclose(fc[valid], steps[valid], rtol=1e-4, atol=1e-4)
-
-
-def _settings(trained) -> dict:
-    state = torch.load(trained.last_checkpoint, weights_only=True)
-    return state["geogen"]["data"]["steps"]["settings"]
