@@ -183,3 +183,20 @@ def test_radar_5min_experiments_select_on_the_validation_event(tmp_path, experim
     assert resolve_checkpoint_monitor(cfg) == monitor
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
     assert (checkpoint.monitor, checkpoint.mode) == (monitor, "min")
+
+
+def test_bench_defaults_name_real_experiments_and_split_stores():
+    module = bench_skill()
+    # every default training is a conf/experiment name (check_names exits on unknown ones)
+    module.check_names([item.partition("=")[0] for item in module.DEFAULT_TRAIN], [])
+    assert any(item.startswith("dgmr_steps_tiny=") for item in module.DEFAULT_TRAIN)
+    with pytest.raises(SystemExit, match="unknown experiments"):
+        module.check_names(["no_such_experiment"], [])
+    # the stores scored per split are built by scripts/prepare_stores.sh, which gives the
+    # test range to mch and the validation range to rmi
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "prepare_stores.sh").read_text()
+    assert set(module.SPLIT_STORES) == {"test", "val"}
+    assert "2016-07-11" in script and "2021-07-04" in script
+    built = script.split("for source in", 1)[1].split(";")[0].split()
+    assert {store.removesuffix(".zarr") for store in module.SPLIT_STORES.values()} <= set(built)
+    assert module.SPLIT_STORES == {"test": "mch.zarr", "val": "rmi.zarr"}
